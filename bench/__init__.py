@@ -1,0 +1,1 @@
+"""rt2edge stage: bench (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""rt2edge stage: distill (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""rt2edge stage: export (see DESIGN.md)."""

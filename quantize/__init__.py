@@ -1,0 +1,1 @@
+"""rt2edge stage: quantize (see DESIGN.md)."""
