@@ -1,0 +1,101 @@
+"""Named, download-free VLA policies: a LLaVA-style teacher, two students, a PaliGemma-style model.
+
+Every preset is built from configs: a byte-level BPE tokenizer trained on the instruction corpus,
+a randomly initialized HF VLM, RT-2's action space (7 dims + terminate, 256 bins) appended to the
+vocabulary. Sizes keep head_dim at 32 or 64 so the attention exports cleanly to ONNX / TensorRT.
+
+  preset          family     vision (SigLIP, 64x64, patch 8 -> 64 tokens)   decoder
+  teacher         llava      256 wide, 4 layers                             Llama 384 x 6, GQA 6/2
+  student-m       llava      192 wide, 3 layers                             Llama 256 x 6, GQA 4/2
+  student-s       llava      128 wide, 2 layers                             Llama 128 x 4, GQA 4/2
+  paligemma-tiny  paligemma  128 wide, 2 layers                             Gemma 256 x 4, MQA 4/1
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+
+from rt2edge.errors import ConfigError
+from rt2edge.models.action_vocab import ActionVocabConfig
+from rt2edge.models.families import SpecialTokenIds, VLMSize, build_model, get_family
+from rt2edge.models.policy import VLAPolicy
+from rt2edge.models.text_tokenizer import train_text_tokenizer
+from rt2edge.observation import RT2_PROMPT_TEMPLATE
+
+
+@dataclass(frozen=True)
+class Preset:
+    family: str
+    size: VLMSize
+    text_vocab_size: int = 1024  # an upper bound: a small corpus yields fewer merges
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "teacher": Preset("llava", VLMSize(
+        vision_hidden_size=256, vision_layers=4, vision_heads=4, vision_intermediate_size=1024,
+        hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2, intermediate_size=1024),
+        description="LLaVA-style teacher, ~13M parameters"),
+    "student-m": Preset("llava", VLMSize(
+        vision_hidden_size=192, vision_layers=3, vision_heads=3, vision_intermediate_size=768,
+        hidden_size=256, num_layers=6, num_heads=4, num_kv_heads=2, intermediate_size=768),
+        description="LLaVA-style student, ~7M parameters"),
+    "student-s": Preset("llava", VLMSize(
+        vision_hidden_size=128, vision_layers=2, vision_heads=4, vision_intermediate_size=512,
+        hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=512),
+        description="LLaVA-style student, ~2M parameters"),
+    "paligemma-tiny": Preset("paligemma", VLMSize(
+        vision_hidden_size=128, vision_layers=2, vision_heads=4, vision_intermediate_size=512,
+        hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=1, intermediate_size=768,
+        decoder="gemma", tie_word_embeddings=True),
+        description="PaliGemma-style prefix-LM, ~4M parameters"),
+}
+
+# A small built-in tabletop instruction corpus, used when no corpus is given (the simulator's
+# task corpus replaces it once wired in). Deterministic: the tokenizer trained on it is too.
+_VERBS = ("pick up the {c} {o}", "push the {c} {o} to the left", "push the {c} {o} to the right",
+          "move the {c} {o} near the {c2} {o2}", "put the {c} {o} in the {c2} bowl",
+          "stack the {c} {o} on the {c2} {o2}", "lift the {c} {o}")
+_COLORS = ("red", "green", "blue", "yellow")
+_OBJECTS = ("block", "cube", "ball", "cup")
+_EXTRA = ("open the drawer", "close the drawer", "open the gripper", "close the gripper",
+          "go to the home position", "wipe the table", "knock over the can", "place the can upright")
+
+
+def default_corpus() -> list[str]:
+    corpus = list(_EXTRA)
+    for i, (verb, c, o) in enumerate(itertools.product(_VERBS, _COLORS, _OBJECTS)):
+        c2, o2 = _COLORS[(i + 1) % len(_COLORS)], _OBJECTS[(i + 2) % len(_OBJECTS)]
+        corpus.append(verb.format(c=c, o=o, c2=c2, o2=o2))
+    return corpus
+
+
+def build_preset(name: str, corpus: Iterable[str] | None = None, statistics: Any = None,
+                 seed: int = 0, action: ActionVocabConfig = ActionVocabConfig()) -> VLAPolicy:
+    """A preset policy, randomly initialized from config (no download).
+
+    corpus: instructions the text tokenizer is trained on (default: `default_corpus()`).
+    statistics: None (actions already in [-1, 1], no normalization), one ActionStatistics or
+    {dataset name: ActionStatistics} (q01_q99 normalization; the first is the default dataset).
+    seed: fixes the weights; the tokenizer depends only on the corpus.
+    """
+    try:
+        preset = PRESETS[name]
+    except KeyError:
+        raise ConfigError("preset", f"unknown preset {name!r}; available: {sorted(PRESETS)}") from None
+    instructions = default_corpus() if corpus is None else list(corpus)
+    # The tokenizer sees the prompts as the policy writes them, so the template's words merge too.
+    texts = instructions + [RT2_PROMPT_TEMPLATE.format(instruction=i) for i in instructions]
+    tokenizer = train_text_tokenizer(texts, vocab_size=preset.text_vocab_size)
+    tokens = SpecialTokenIds(vocab_size=len(tokenizer), pad=tokenizer.pad_token_id,
+                             bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id,
+                             image=tokenizer.convert_tokens_to_ids("<image>"))
+    model = build_model(get_family(preset.family), preset.size, tokens, seed=seed)
+    # `append` draws the new embedding rows at random: seed them too, without touching the caller's RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return VLAPolicy.from_model(model, tokenizer, action=action, corpus=texts, statistics=statistics)
