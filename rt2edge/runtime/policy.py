@@ -1,0 +1,257 @@
+"""`Policy`: load a deploy artifact and turn (image, instruction) into an `Action` (numpy + ORT only).
+
+    policy = Policy.load("artifacts/my-policy", deadline_s=0.1)
+    action = policy.act(rgb_uint8_hwc, "pick up the red block")
+
+Safety contract of `act` (a control loop must never crash and never wait for a late action):
+  * malformed inputs raise `InputError` naming the field (image, instruction): caller bugs;
+  * every returned action lies within the action tokenizer's bounds;
+  * a predicted or actual deadline miss, or any failure of the inference itself, returns the safe
+    action (`ActionGuard`) with `safe_fallback=True` and the `reason`, and logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from rt2edge.artifact import ArtifactManifest, load_manifest
+from rt2edge.errors import ConfigError, InputError
+from rt2edge.observation import validate_images, validate_instruction
+from rt2edge.optional import require
+from rt2edge.runtime import engine as _engine  # noqa: F401  (registers the tensorrt-engine backend)
+from rt2edge.runtime.action import Action, ActionGuard
+from rt2edge.runtime.backends import BackendOptions, open_graphs
+from rt2edge.runtime.latency import Deadline, DeadlineExceeded, LatencyEstimator, SkipPolicy
+
+log = logging.getLogger("rt2edge.runtime")
+
+DECODE_STEP = "decode_step"  # latency-estimator key of one decoder run after the prefill
+
+
+class Policy:
+    """A loaded artifact. Build it with `Policy.load`; not thread-safe (one control loop each)."""
+
+    def __init__(self, folder: Path, manifest: ArtifactManifest, runners: dict, provider: str,
+                 deadline_s: float | None = None, safe_gripper: float | None = None,
+                 text_cache_size: int = 16):
+        self.folder = folder
+        self.manifest = manifest
+        self.provider = provider
+        self.deadline_s = deadline_s
+        self.action_tokenizer = manifest.action_tokenizer()
+        self.prompt = manifest.prompt_format()
+        self.preprocessing = manifest.image_preprocessing()
+        self.guard = ActionGuard(self.action_tokenizer, safe_gripper)
+        self.latency = LatencyEstimator()
+        self._skip = SkipPolicy()
+        self._vision, self._embed, self._decoder = (runners[g] for g in ("vision", "embed", "decoder"))
+        tokenizers = require("tokenizers", extra="cpu", purpose="tokenizing instructions")
+        self._text_tokenizer = tokenizers.Tokenizer.from_file(
+            str(folder / manifest.files["tokenizer"].file))
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._text_cache_size = text_cache_size
+
+        model = manifest.model
+        self._past_names = [f"past.{i}.{kv}" for i in range(model.num_layers) for kv in ("key", "value")]
+        self._outputs = ["action_logits", "action_bin"] + [
+            n.replace("past.", "present.", 1) for n in self._past_names]
+        empty = np.zeros((1, model.num_kv_heads, 0, model.head_dim), np.float32)
+        self._empty_past = {n: empty for n in self._past_names}
+        self._n_decode = self.action_tokenizer.tokens_per_action - 1
+        # [Contract] the decode-step input of bin b is embed(token_ids[b]): computed once here.
+        ids = self.action_tokenizer.token_ids[None].astype(np.int64)
+        table = self._embed.run({"input_ids": ids}, ["inputs_embeds"])[0][0]
+        self._bin_embeds = np.ascontiguousarray(table.astype(np.float32)[:, None, None, :])
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, artifact_dir: str | Path, providers: Sequence[str] | str | None = None,
+             num_threads: int | None = None, deadline_s: float | None = None, *,
+             safe_gripper: float | None = None, warmup: int = 1, cache_dir: str | None = None,
+             text_cache_size: int = 16) -> Policy:
+        """Verify the artifact (manifest, sizes, sha256 of every file) and only then open it.
+
+        providers: backend names, best first ("tensorrt-engine", "TensorrtExecutionProvider",
+            "CUDAExecutionProvider", "CPUExecutionProvider" or cpu/cuda/tensorrt/engine); default:
+            the best available. The CPU is always the last fallback; `policy.provider` says what runs.
+        num_threads: intra-op threads per graph (default: ONNX Runtime's, one per physical core).
+        deadline_s: per-`act` latency budget; None disables the deadline.
+        safe_gripper: gripper value of the safe action before any action was commanded.
+        warmup: `act` calls on a blank image at load, so the first real call is not the slowest
+            and the deadline has a latency estimate from the start.
+        """
+        if deadline_s is not None and not deadline_s > 0:
+            raise ConfigError("deadline_s", f"must be > 0 seconds or None, got {deadline_s!r}")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ConfigError("num_threads", f"must be an int >= 1 or None, got {num_threads!r}")
+        folder = Path(artifact_dir)
+        manifest = load_manifest(folder, verify=True)  # before any session reads a byte
+        runners, provider = open_graphs(folder, manifest, providers,
+                                        BackendOptions(num_threads=num_threads, cache_dir=cache_dir))
+        policy = cls(folder, manifest, runners, provider, deadline_s, safe_gripper, text_cache_size)
+        if policy.guard.zero_outside_bounds:
+            log.warning("rt2edge runtime: dims %s cannot be 0 within their bounds; the safe action "
+                        "clips them to the nearest bound", policy.guard.zero_outside_bounds)
+        policy.warm_up(warmup)
+        log.info("rt2edge runtime: loaded %s on %s", folder, provider)
+        return policy
+
+    def warm_up(self, runs: int = 1) -> None:
+        size = self.preprocessing.size
+        blank = np.full((size, size, 3), 127, np.uint8)
+        deadline, self.deadline_s = self.deadline_s, None
+        try:
+            for _ in range(runs):
+                self.latency.reset()  # keep only the last (warm) run's samples
+                action = self.act(blank, "warm up")
+                if action.safe_fallback:
+                    log.warning("rt2edge runtime: warm-up failed: %s", action.reason)
+        finally:
+            self.deadline_s = deadline
+            self.guard.reset()
+            self._text_cache.pop("warm up", None)
+
+    def reset(self, gripper: float | None = None) -> None:
+        """Start of an episode: forget the last commanded gripper value (or set the current one)."""
+        self.guard.reset(gripper)
+
+    # ----------------------------------------------------------------------------- acting
+    def act(self, image: Any, instruction: Any) -> Action:
+        """One action for one RGB image ((H, W, 3) uint8, or float in [0, 1]) and an instruction."""
+        start = time.perf_counter()
+        batch = self._validate_image(image)
+        text = validate_instruction(instruction)
+        timing: dict[str, float] = {}
+        predicted = 0.0 if self.deadline_s is None else self.latency.predict_sum(self._stages())
+        skip, probe = self._skip.decide(self.deadline_s, predicted)
+        if skip:
+            timing["total"] = time.perf_counter() - start
+            return self._fallback(f"deadline {self.deadline_s * 1e3:.2f} ms: predicted latency "
+                                  f"{predicted * 1e3:.2f} ms, not started", timing)
+        deadline = Deadline(self.deadline_s, self.latency, start, probe)
+        try:
+            action = self._infer(batch, text, deadline, timing, start)
+        except InputError:
+            raise
+        except DeadlineExceeded as exc:
+            timing["total"] = time.perf_counter() - start
+            return self._fallback(str(exc), timing)
+        except Exception as exc:  # noqa: BLE001  (the documented contract: never crash the loop)
+            log.exception("rt2edge runtime: inference failed, returning the safe action")
+            timing["total"] = time.perf_counter() - start
+            return self._fallback(f"inference failed: {type(exc).__name__}: {exc}", timing)
+        self.guard.commit(action.values)
+        return action
+
+    def _stages(self, after: str | None = None, decode_done: int = 0) -> list[str]:
+        order = ["preprocess", "embed", "vision", "prefill"]
+        stages = order[order.index(after) + 1:] if after else order
+        return stages + [DECODE_STEP] * (self._n_decode - decode_done) + ["postprocess"]
+
+    def _timed(self, stage: str, timing: dict[str, float], t: float) -> float:
+        now = time.perf_counter()
+        timing[stage] = now - t
+        self.latency.record(stage, now - t)
+        return now
+
+    def _infer(self, batch: np.ndarray, text: str, deadline: Deadline, timing: dict[str, float],
+               start: float) -> Action:
+        t = start
+        pixel_values = self.preprocessing(batch)
+        t = self._timed("preprocess", timing, t)
+        text_embeds = self._text_embeds(text)  # InputError when the prompt has too many tokens
+        t = self._timed("embed", timing, t)
+        deadline.check("before vision", self._stages("embed"))
+        image_embeds = self._vision.run({"pixel_values": pixel_values}, ["image_embeds"])[0]
+        t = self._timed("vision", timing, t)
+        deadline.check("before prefill", self._stages("vision"))
+
+        prompt_embeds = np.concatenate([image_embeds.astype(np.float32, copy=False), text_embeds], axis=1)
+        length = prompt_embeds.shape[1]
+        # [Contract] prefix_length: the whole prompt attends bidirectionally for prefix-LM families
+        # (PaliGemma), 0 for causal ones; the same value on every decoder run of one action.
+        prefix = np.array([length if self.manifest.model.prefix_lm else 0], np.int64)
+        outs = self._decoder.run({"inputs_embeds": prompt_embeds, "past_length": np.zeros(1, np.int64),
+                                  "prefix_length": prefix, **self._empty_past}, self._outputs)
+        bins = [self._pick(outs)]
+        t = self._timed("prefill", timing, t)
+
+        steps: list[float] = []
+        for step in range(1, self._n_decode + 1):
+            deadline.check(f"before decode step {step}", self._stages("prefill", step - 1))
+            feeds = dict(zip(self._past_names, outs[2:]))
+            feeds.update(inputs_embeds=self._bin_embeds[bins[-1]], prefix_length=prefix,
+                         past_length=np.array([length + step - 1], np.int64))
+            outs = self._decoder.run(feeds, self._outputs)
+            bins.append(self._pick(outs))
+            now = time.perf_counter()
+            steps.append(now - t)
+            self.latency.record(DECODE_STEP, now - t)
+            t = now
+        timing["decode"] = float(sum(steps))
+
+        bins_arr = np.asarray(bins, np.int64)
+        values = self.guard.clip(self.action_tokenizer.decode_bins(bins_arr))
+        terminate = bool(self.action_tokenizer.terminate and values[-1] >= 0.5)
+        t = self._timed("postprocess", timing, t)
+        timing["total"] = t - start
+        return Action(values=values, terminate=terminate, bins=bins_arr,
+                      tokens=self.action_tokenizer.token_ids[bins_arr], timing=timing,
+                      decode_steps=tuple(steps))
+
+    def _pick(self, outs: list[np.ndarray]) -> int:
+        logits, chosen = outs[0], outs[1]
+        # A NaN/inf logit means a broken graph or numerics (fp16 overflow): never act on it.
+        if not np.isfinite(logits).all():
+            raise FloatingPointError("decoder produced non-finite action logits")
+        b = int(np.asarray(chosen).reshape(-1)[0])
+        if not 0 <= b < self.action_tokenizer.n_bins:
+            raise IndexError(f"decoder chose bin {b}, outside [0, {self.action_tokenizer.n_bins})")
+        return b
+
+    def _fallback(self, reason: str, timing: dict[str, float]) -> Action:
+        log.warning("rt2edge runtime: safe action (%s)", reason)
+        return self.guard.safe_action(reason, timing)
+
+    # ----------------------------------------------------------------------------- inputs
+    def _validate_image(self, image: Any) -> np.ndarray:
+        if isinstance(image, np.ndarray) and image.dtype.kind == "f":
+            # Check the shape on a zero-memory stand-in before touching a possibly huge array.
+            validate_images(np.broadcast_to(np.uint8(0), image.shape))
+            if not np.isfinite(image).all():
+                raise InputError("image", "contains NaN or infinite values")
+            if image.min() < 0.0 or image.max() > 1.0:
+                raise InputError("image", f"float images must be in [0, 1], got [{image.min()}, {image.max()}]")
+            # Same numbers as a uint8 camera frame, so the torch side and the runtime agree.
+            image = np.rint(image * 255.0).astype(np.uint8)
+        batch = validate_images(image)
+        if batch.shape[0] != 1:
+            raise InputError("image", f"act() takes one image, got a batch of {batch.shape[0]}")
+        return batch
+
+    def _text_embeds(self, text: str) -> np.ndarray:
+        """[1, T, D] embeddings of the prompt's text part (everything after the image tokens)."""
+        cached = self._text_cache.get(text)
+        if cached is not None:
+            self._text_cache.move_to_end(text)
+            return cached
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError("instruction", f"is not valid unicode: {exc.reason}") from exc
+        ids = self._text_tokenizer.encode(self.prompt.text(text), add_special_tokens=False).ids
+        input_ids = self.prompt.build_input_ids(ids)
+        # [Contract] PromptFormat puts the num_image_tokens image placeholders first; the vision
+        # embeddings take their place, so only the ids after them are embedded (once per text).
+        text_ids = input_ids[self.prompt.num_image_tokens:][None]
+        embeds = self._embed.run({"input_ids": text_ids}, ["inputs_embeds"])[0].astype(np.float32)
+        self._text_cache[text] = embeds
+        if len(self._text_cache) > self._text_cache_size:
+            self._text_cache.popitem(last=False)
+        return embeds

@@ -1,0 +1,151 @@
+"""rt2edge.runtime.Policy: the constrained decode loop against a cache-free reference, caches,
+timing, and backend selection."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+from artifact_factory import make_artifact
+
+from rt2edge.errors import ConfigError, MissingDependencyError
+from rt2edge.optional import is_available
+from rt2edge.runtime import Action, Backend, Policy, registered_backends
+from rt2edge.runtime import backends as backends_module
+
+INSTRUCTIONS = ["pick up the red block", "open the drawer", "move it left", "put the blue block in the bowl"]
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["causal", "prefix-lm"])
+def tiny(request, tmp_path_factory):
+    root, model = make_artifact(tmp_path_factory.mktemp("tiny") / "art", prefix_lm=request.param)
+    return root, model, request.param
+
+
+class CountingRunner:
+    def __init__(self, inner):
+        self.inner, self.input_names, self.calls = inner, inner.input_names, []
+
+    def run(self, feeds, outputs):
+        self.calls.append({k: np.asarray(v).shape for k, v in feeds.items()})
+        return self.inner.run(feeds, outputs)
+
+
+def test_act_matches_cache_free_reference(tiny):
+    root, model, prefix_lm = tiny
+    policy = Policy.load(root, num_threads=1)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        image = rng.integers(0, 256, (int(rng.integers(8, 40)), int(rng.integers(8, 40)), 3), np.uint8)
+        instruction = INSTRUCTIONS[i % len(INSTRUCTIONS)]
+        action = policy.act(image, instruction)
+        assert not action.safe_fallback, action.reason
+        ids = policy._text_tokenizer.encode(policy.prompt.text(instruction), add_special_tokens=False).ids
+        text_ids = policy.prompt.build_input_ids(ids)[policy.prompt.num_image_tokens:]
+        expected = model.reference_bins(policy.preprocessing(image), text_ids, 8, prefix_lm)
+        np.testing.assert_array_equal(action.bins, expected)
+        np.testing.assert_array_equal(action.tokens, policy.action_tokenizer.token_ids[expected])
+        np.testing.assert_allclose(action.values, policy.action_tokenizer.decode_bins(expected), atol=1e-6)
+        assert action.terminate == bool(action.values[-1] == 1.0)
+
+
+def test_decoder_runs_and_kv_cache_shapes(tiny):
+    root, _, prefix_lm = tiny
+    policy = Policy.load(root)
+    policy._decoder = decoder = CountingRunner(policy._decoder)
+    policy.act(np.zeros((16, 16, 3), np.uint8), "pick up the red block")
+    prompt_len = 4 + 1 + len("what action should the robot take to pick up the red block ?".split())
+    assert len(decoder.calls) == 8  # prefill + tokens_per_action - 1 decode steps
+    assert decoder.calls[0]["inputs_embeds"] == (1, prompt_len, 32)
+    assert decoder.calls[0]["past.0.key"] == (1, 2, 0, 8)
+    for step, call in enumerate(decoder.calls[1:], start=1):
+        assert call["inputs_embeds"] == (1, 1, 32)
+        assert call["past.1.value"] == (1, 2, prompt_len + step - 1, 8)
+
+
+def test_text_embeddings_are_cached_per_instruction(tiny):
+    policy = Policy.load(tiny[0], text_cache_size=2)
+    policy._embed = embed = CountingRunner(policy._embed)
+    image = np.zeros((16, 16, 3), np.uint8)
+    first = policy.act(image, "open the drawer")
+    again = policy.act(image, "  open   the drawer ")  # same text after whitespace normalization
+    np.testing.assert_array_equal(first.bins, again.bins)
+    assert len(embed.calls) == 1
+    policy.act(image, "move left")
+    policy.act(image, "pick up the red block")  # evicts "open the drawer" (cache of 2)
+    policy.act(image, "open the drawer")
+    assert len(embed.calls) == 4
+
+
+def test_action_is_frozen_and_timed(tiny):
+    policy = Policy.load(tiny[0])
+    action = policy.act(np.full((16, 16, 3), 200, np.uint8), "pick up the red block")
+    assert isinstance(action, Action) and action.values.dtype == np.float32
+    assert action.values.shape == (8,) and action.tokens.shape == (8,) and action.bins.shape == (8,)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        action.terminate = True
+    with pytest.raises(ValueError):
+        action.values[0] = 1.0
+    assert set(action.timing) == {"preprocess", "embed", "vision", "prefill", "decode", "postprocess",
+                                  "total"}
+    assert len(action.decode_steps) == 7
+    assert action.timing["total"] >= sum(v for k, v in action.timing.items() if k != "total") * 0.99
+    assert action.to_dict()["bins"] == [int(b) for b in action.bins]
+
+
+def test_float_image_in_unit_range_equals_uint8(tiny):
+    policy = Policy.load(tiny[0])
+    image = np.random.default_rng(3).integers(0, 256, (16, 16, 3), np.uint8)
+    a = policy.act(image, "open the drawer")
+    b = policy.act(image.astype(np.float32) / 255.0, "open the drawer")
+    np.testing.assert_array_equal(a.bins, b.bins)
+
+
+def test_requested_provider_falls_back_to_cpu_and_logs(tiny, caplog):
+    with caplog.at_level(logging.INFO, logger="rt2edge.runtime"):
+        policy = Policy.load(tiny[0], providers=["CUDAExecutionProvider"])
+    assert policy.provider == "CPUExecutionProvider"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("using CPUExecutionProvider" in m and "CUDAExecutionProvider skipped" in m for m in warnings)
+    assert Policy.load(tiny[0], providers="tensorrt,cpu").provider == "CPUExecutionProvider"
+    with pytest.raises(ConfigError, match="unknown provider 'tpu'"):
+        Policy.load(tiny[0], providers=["tpu"])
+
+
+def test_backend_registry_order_and_failed_backend_fallback(tiny, caplog, monkeypatch):
+    names = [b.name for b in registered_backends()]
+    assert names == ["tensorrt-engine", "TensorrtExecutionProvider", "CUDAExecutionProvider",
+                     "CPUExecutionProvider"]
+
+    def broken(folder, manifest, options):
+        raise OSError("libcudart.so.12: cannot open shared object file")
+
+    monkeypatch.setitem(backends_module._REGISTRY, "broken-gpu",
+                        Backend("broken-gpu", 100, lambda folder, manifest: None, broken))
+    with caplog.at_level(logging.INFO, logger="rt2edge.runtime"):
+        policy = Policy.load(tiny[0])
+    assert policy.provider == "CPUExecutionProvider"
+    assert any(r.levelno == logging.WARNING and "broken-gpu skipped: failed to start: OSError" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.skipif(is_available("tensorrt"), reason="tests the path where tensorrt is missing")
+def test_engine_backend_without_tensorrt(tmp_path, caplog):
+    root, _ = make_artifact(tmp_path / "with-engines", engines=True)
+    with caplog.at_level(logging.INFO, logger="rt2edge.runtime"):
+        policy = Policy.load(root)
+    assert policy.provider == "CPUExecutionProvider"
+    assert any("tensorrt-engine skipped: tensorrt is not installed" in r.getMessage() for r in caplog.records)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'rt2edge\[gpu\]'"):
+        from rt2edge.runtime.engine import TensorRTEngine
+
+        TensorRTEngine(root / "decoder.engine")
+
+
+def test_load_config_errors(tiny):
+    with pytest.raises(ConfigError, match="deadline_s"):
+        Policy.load(tiny[0], deadline_s=0)
+    with pytest.raises(ConfigError, match="num_threads"):
+        Policy.load(tiny[0], num_threads=0)
