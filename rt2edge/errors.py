@@ -44,6 +44,14 @@ class ArtifactError(Rt2EdgeError):
     """A checkpoint or deploy artifact is missing, corrupt, tampered with or of an unknown format."""
 
 
+class DatasetError(ArtifactError, ValueError):
+    """A dataset folder is missing, incomplete or malformed. `field` names the file or column."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
 class ExportValidationError(Rt2EdgeError):
     """An exported graph disagrees with the torch model beyond the allowed tolerance."""
 

@@ -1,0 +1,276 @@
+"""`rt2edge data generate`: scripted-expert episodes written as a LeRobot dataset.
+
+Deterministic and resumable: episode i is a pure function of (recipe, i) — its family is
+families[i % len], its reset seed comes from SeedSequence([seed, i, attempt]) — so a run that
+was interrupted and resumed writes exactly the bytes a one-shot run writes. A finished episode
+is one whose parquet file exists (files are written atomically); it is read back, not redone.
+Only successful expert episodes are kept; failed attempts are retried with the next attempt seed
+and counted, so the expert's success rate is reported (meta/generation.json).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rt2edge.data import lerobot
+from rt2edge.data.files import (
+    atomic_write, atomic_write_json, atomic_write_jsonl, remove_temporaries,
+)
+from rt2edge.data.lerobot import DATA_PATH, IMAGE_KEY, DatasetError
+from rt2edge.errors import ConfigError
+from rt2edge.sim import ACTION_NAMES, STATE_NAMES, TabletopEnv
+from rt2edge.sim.language import check_families, check_split
+from rt2edge.sim.tasks import OBJECT_COUNTS, check_object_counts
+
+GENERATION_FILE = "meta/generation.json"
+# Fields of the recipe that decide what an episode contains; a resumed run must match them.
+RECIPE_FIELDS = ("seed", "image_size", "split", "families", "object_counts", "max_steps",
+                 "action_noise", "max_attempts", "fps", "chunks_size")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """What to generate. `out` and `episodes` may change between resumed runs; the rest may not."""
+
+    out: str
+    episodes: int
+    seed: int = 0
+    image_size: int = 64
+    split: str = "train"
+    families: tuple[str, ...] | None = None
+    object_counts: tuple[int, ...] = OBJECT_COUNTS  # objects per scene; fewer = easier task
+    max_steps: int = 60
+    # DART-style noise: executed xyz deltas are scaled by (1 + N(0, action_noise)) while the
+    # recorded action stays the expert's, so the data shows recoveries from small errors.
+    action_noise: float = 0.0
+    max_attempts: int = 20
+    fps: int = 10
+    chunks_size: int = 1000
+
+    def __post_init__(self) -> None:
+        if not str(self.out):
+            raise ConfigError("out", "must name an output folder")
+        if not isinstance(self.episodes, int) or self.episodes < 1:
+            raise ConfigError("episodes", f"must be an integer >= 1, got {self.episodes!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError("seed", f"must be an integer >= 0, got {self.seed!r}")
+        if not 16 <= self.image_size <= 1024:
+            raise ConfigError("image_size", f"must be in [16, 1024], got {self.image_size}")
+        check_split(self.split)
+        if self.families is not None:
+            object.__setattr__(self, "families", check_families(self.families))
+        object.__setattr__(self, "object_counts", check_object_counts(self.object_counts))
+        if self.max_steps < 1:
+            raise ConfigError("max_steps", f"must be >= 1, got {self.max_steps}")
+        if not 0.0 <= self.action_noise <= 1.0:
+            raise ConfigError("action_noise", f"must be in [0, 1], got {self.action_noise}")
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts", f"must be >= 1, got {self.max_attempts}")
+        if self.fps < 1:
+            raise ConfigError("fps", f"must be >= 1, got {self.fps}")
+        if self.chunks_size < 1:
+            raise ConfigError("chunks_size", f"must be >= 1, got {self.chunks_size}")
+
+    def recipe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["families"] = list(check_families(self.families))
+        d["object_counts"] = list(self.object_counts)
+        return {k: d[k] for k in RECIPE_FIELDS}
+
+
+@dataclass
+class GenerateReport:
+    out: str
+    episodes: int
+    frames: int
+    generated: int  # episodes made by this run
+    reused: int  # episodes found finished on disk
+    attempts: int
+    expert_success_rate: float
+    per_family: dict[str, dict[str, float]] = field(default_factory=dict)
+    bytes_per_frame: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def episode_seed(seed: int, episode_index: int, attempt: int) -> int:
+    return int(np.random.SeedSequence([seed, episode_index, attempt]).generate_state(1)[0])
+
+
+def _check_recipe(root: Path, cfg: GenerateConfig) -> None:
+    path = root / GENERATION_FILE
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())["recipe"]
+    for key, value in cfg.recipe().items():
+        if old.get(key) != value:
+            raise ConfigError(key, f"is {value!r} but the dataset in {root} was generated with "
+                                   f"{old.get(key)!r}; use the same value to resume, or a new --out")
+
+
+def _rollout(env: TabletopEnv, cfg: GenerateConfig, index: int, family: str):
+    """Run the expert until one attempt succeeds. Returns (columns, info) or raises."""
+    for attempt in range(cfg.max_attempts):
+        seed = episode_seed(cfg.seed, index, attempt)
+        obs, _ = env.reset(seed=seed, options={"family": family})
+        noise = np.random.default_rng([cfg.seed, index, attempt, 1])
+        images, states, actions, successes = [], [], [], []
+        while True:
+            action = env.expert_action()
+            images.append(obs["image"])
+            states.append(obs["state"])
+            actions.append(action)
+            executed = action.astype(np.float64)
+            if cfg.action_noise > 0 and action[7] < 0.5:
+                executed[:3] *= 1.0 + noise.normal(0.0, cfg.action_noise, 3)
+            obs, _, terminated, truncated, info = env.step(executed)
+            successes.append(bool(info["success"]))
+            if terminated or truncated:
+                break
+        if terminated and successes[-1]:
+            columns = {"images": np.stack(images), "states": np.stack(states),
+                       "actions": np.stack(actions).astype(np.float32), "successes": successes}
+            meta = {"seed": seed, "attempts": attempt + 1, "family": family,
+                    "instruction": env.instruction, "template": env.task.template}
+            return columns, meta
+    raise RuntimeError(
+        f"the scripted expert failed {cfg.max_attempts} attempts in a row on episode {index} "
+        f"({family!r}); this is a simulator bug, please report it with the seed {cfg.seed}")
+
+
+def _write_episode(path: Path, cfg: GenerateConfig, feats: dict[str, Any], index: int,
+                   offset: int, task_index: int, columns: dict[str, Any],
+                   meta: dict[str, Any]) -> dict[str, Any]:
+    n = len(columns["actions"])
+    record = {
+        "episode_index": index, "tasks": [meta["instruction"]], "length": n, "success": True,
+        "family": meta["family"], "template": meta["template"], "seed": meta["seed"],
+        "attempts": meta["attempts"], "task_index": task_index, "index_offset": offset,
+        "stats": {
+            "action": lerobot.vector_stats(columns["actions"]),
+            "observation.state": lerobot.vector_stats(columns["states"]),
+            "image_moments": lerobot.image_moments(columns["images"]),
+        },
+    }
+    table = lerobot.episode_table({
+        IMAGE_KEY: [lerobot.encode_png(img) for img in columns["images"]],
+        "observation.state": columns["states"],
+        "action": columns["actions"],
+        "timestamp": (np.arange(n) / cfg.fps).astype(np.float32),
+        "frame_index": np.arange(n),
+        "episode_index": np.full(n, index),
+        "index": offset + np.arange(n),
+        "task_index": np.full(n, task_index),
+        "next.done": np.arange(n) == n - 1,
+        "next.success": np.asarray(columns["successes"]),
+    }, feats, record)
+    atomic_write(path, lambda tmp: lerobot.write_table(table, tmp))
+    return record
+
+
+def generate(cfg: GenerateConfig,
+             progress: Callable[[int, int], None] | None = None) -> GenerateReport:
+    """Generate (or finish generating) `cfg.episodes` episodes under `cfg.out`."""
+    start = time.perf_counter()
+    root = Path(cfg.out)
+    _check_recipe(root, cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(root)
+    atomic_write_json(root / GENERATION_FILE, {"recipe": cfg.recipe()})
+    families = check_families(cfg.families)
+    env = TabletopEnv(image_size=cfg.image_size, split=cfg.split, families=families,
+                      max_steps=cfg.max_steps, object_counts=cfg.object_counts)
+    feats = lerobot.features(cfg.image_size, STATE_NAMES, ACTION_NAMES)
+    tasks: dict[str, int] = {}
+    records: list[dict[str, Any]] = []
+    offset = generated = 0
+    for index in range(cfg.episodes):
+        path = root / DATA_PATH.format(episode_chunk=index // cfg.chunks_size, episode_index=index)
+        family = families[index % len(families)]
+        if path.exists():
+            record = lerobot.read_episode_record(path)
+            task_index = tasks.setdefault(record["tasks"][0], len(tasks))
+            if (record["episode_index"], record["index_offset"], record["task_index"]) != (
+                    index, offset, task_index):
+                raise DatasetError(str(path), "does not fit the episodes before it; delete it "
+                                              "(and later ones) to regenerate")
+        else:
+            columns, meta = _rollout(env, cfg, index, family)
+            task_index = tasks.setdefault(meta["instruction"], len(tasks))
+            record = _write_episode(path, cfg, feats, index, offset, task_index, columns, meta)
+            generated += 1
+        records.append(record)
+        offset += record["length"]
+        if progress is not None:
+            progress(index + 1, cfg.episodes)
+    report = _finalize(root, cfg, feats, records, tasks)
+    report.generated, report.reused = generated, cfg.episodes - generated
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _finalize(root: Path, cfg: GenerateConfig, feats: dict[str, Any],
+              records: list[dict[str, Any]], tasks: dict[str, int]) -> GenerateReport:
+    """Write the meta files; info.json goes last, so its presence marks a complete dataset."""
+    paths = [root / DATA_PATH.format(episode_chunk=r["episode_index"] // cfg.chunks_size,
+                                     episode_index=r["episode_index"]) for r in records]
+    actions = np.concatenate([lerobot.read_vectors(p, "action") for p in paths])
+    states = np.concatenate([lerobot.read_vectors(p, "observation.state") for p in paths])
+    frames = int(sum(r["length"] for r in records))
+    stats = {
+        IMAGE_KEY: lerobot.image_stats([r["stats"]["image_moments"] for r in records]),
+        "observation.state": lerobot.vector_stats(states),
+        "action": lerobot.vector_stats(actions),
+    }
+    by_index = sorted(tasks.items(), key=lambda kv: kv[1])
+    atomic_write_jsonl(root / "meta/tasks.jsonl", ({"task_index": i, "task": t} for t, i in by_index))
+    atomic_write_jsonl(root / "meta/episodes.jsonl", (
+        {k: r[k] for k in ("episode_index", "tasks", "length", "success", "family", "template",
+                           "seed", "attempts")} for r in records))
+    atomic_write_jsonl(root / "meta/episodes_stats.jsonl", (
+        {"episode_index": r["episode_index"], "stats": {
+            "action": r["stats"]["action"], "observation.state": r["stats"]["observation.state"],
+            IMAGE_KEY: lerobot.image_stats([r["stats"]["image_moments"]])}} for r in records))
+    atomic_write_json(root / "meta/stats.json", stats)
+    attempts = int(sum(r["attempts"] for r in records))
+    per_family: dict[str, dict[str, float]] = {}
+    for fam in check_families(cfg.families):
+        rows = [r for r in records if r["family"] == fam]
+        tried = sum(r["attempts"] for r in rows)
+        per_family[fam] = {"episodes": len(rows), "attempts": tried,
+                           "success_rate": len(rows) / tried if tried else float("nan")}
+    atomic_write_json(root / GENERATION_FILE, {
+        "recipe": cfg.recipe(),
+        "expert": {"episodes": len(records), "attempts": attempts,
+                   "success_rate": len(records) / attempts, "per_family": per_family},
+    })
+    n_chunks = (cfg.episodes + cfg.chunks_size - 1) // cfg.chunks_size
+    atomic_write_json(root / "meta/info.json", {
+        "codebase_version": lerobot.CODEBASE_VERSION,
+        "robot_type": lerobot.ROBOT_TYPE,
+        "total_episodes": len(records),
+        "total_frames": frames,
+        "total_tasks": len(tasks),
+        "total_videos": 0,
+        "total_chunks": n_chunks,
+        "chunks_size": cfg.chunks_size,
+        "fps": cfg.fps,
+        "splits": {"train": f"0:{len(records)}"},
+        "data_path": DATA_PATH,
+        "video_path": None,
+        "features": feats,
+    })
+    data_bytes = sum(p.stat().st_size for p in paths)
+    return GenerateReport(
+        out=str(root), episodes=len(records), frames=frames, generated=0, reused=0,
+        attempts=attempts, expert_success_rate=len(records) / attempts, per_family=per_family,
+        bytes_per_frame=data_bytes / max(frames, 1),
+    )

@@ -1,0 +1,107 @@
+"""Scripted experts: one reactive pick-and-place controller, one destination rule per family.
+
+The expert is a function of the current scene only (no internal phase counter), and every phase
+is visible in the image: gripper open and empty -> go to the object; over it and low -> close;
+holding -> carry (at CARRY_Z) to the destination; there -> open; task done -> terminate. A policy
+cloned from it therefore sees states whose correct action is determined by the image, and the
+expert itself recovers from perturbed actions (DART-style noise in data generation).
+
+[Contract] Actions follow RT-2: [dx, dy, dz, droll, dpitch, dyaw, gripper, terminate];
+dx..dz are clipped per axis to +-max_step (moves are "full step until the last fraction");
+rotations are 0; gripper is absolute (+1 close, -1 open); terminate is 1 only on the last step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from rt2edge.sim.tasks import Task, is_success
+from rt2edge.sim.world import CARRY_Z, GRASP_Z, MAX_STEP, NEAR_GAP, Scene
+
+ARRIVED = 0.01  # distance (m) at which the expert considers a waypoint reached
+CLOSE, OPEN = 1.0, -1.0
+NEAR_PLACEMENT_GAP = 0.03  # edge gap the expert leaves for `move X near Y` (success: NEAR_GAP)
+
+
+def _towards_reference(scene: Scene, task: Task) -> np.ndarray:
+    """Stop short of the reference on the line from it to the gripper: a straight carry."""
+    x, y = scene.objects[task.target], scene.objects[task.reference]
+    ref = np.array([y.x, y.y])
+    away = scene.ee[:2] - ref
+    norm = float(np.linalg.norm(away))
+    direction = away / norm if norm > 1e-9 else np.array([0.0, -1.0])
+    return ref + direction * (x.radius + y.radius + NEAR_PLACEMENT_GAP)
+
+
+def _on_reference(scene: Scene, task: Task) -> np.ndarray:
+    y = scene.objects[task.reference]
+    return np.array([y.x, y.y])
+
+
+def _mat_centre(scene: Scene, task: Task) -> np.ndarray:
+    mat = next(m for m in scene.mats if m.colour == task.mat_colour)
+    return np.array([mat.x, mat.y])
+
+
+def _flag_centre(scene: Scene, task: Task) -> np.ndarray:
+    flag = next(f for f in scene.flags if f.country == task.country)
+    return np.array([flag.x, flag.y])
+
+
+# family -> where the held object goes (xy); None: the task is to lift it where it is
+DESTINATIONS: dict[str, Callable[[Scene, Task], np.ndarray] | None] = {
+    "pick": None,
+    "pick_extreme": None,
+    "move_near": _towards_reference,
+    "put_on": _on_reference,
+    "move_to_mat": _mat_centre,
+    "move_to_flag": _flag_centre,
+}
+assert NEAR_PLACEMENT_GAP < NEAR_GAP  # the expert's placement must satisfy the predicate
+
+
+def _action(delta: np.ndarray, gripper: float, terminate: bool = False) -> np.ndarray:
+    out = np.zeros(8, dtype=np.float32)
+    out[:3] = delta
+    out[6] = gripper
+    out[7] = 1.0 if terminate else 0.0
+    return out
+
+
+def _move(scene: Scene, goal: np.ndarray, gripper: float, max_step: float) -> np.ndarray:
+    return _action(np.clip(goal - scene.ee, -max_step, max_step), gripper)
+
+
+def expert_action(scene: Scene, task: Task, max_step: float = MAX_STEP) -> np.ndarray:
+    """The expert's RT-2 action (float32, shape (8,)) for the current scene."""
+    destination = DESTINATIONS[task.family]
+    target = scene.objects[task.target]
+    holding_target = scene.held == task.target
+    if is_success(scene, task):
+        return _action(np.zeros(3), CLOSE if holding_target else OPEN, terminate=True)
+    if holding_target:
+        if destination is None:  # pick: lift straight up
+            return _move(scene, np.array([*scene.ee[:2], CARRY_Z]), CLOSE, max_step)
+        goal_xy = destination(scene, task)
+        if np.linalg.norm(scene.ee[:2] - goal_xy) <= ARRIVED:
+            return _action(np.zeros(3), OPEN)  # drop it from carry height onto the destination
+        return _move(scene, np.array([*goal_xy, CARRY_Z]), CLOSE, max_step)
+    if scene.held is not None:  # holding the wrong object (a perturbed run): put it down
+        return _action(np.zeros(3), OPEN)
+    grasp = np.array([target.x, target.y, target.z + GRASP_Z])
+    if np.linalg.norm(scene.ee - grasp) <= ARRIVED:
+        return _action(np.zeros(3), CLOSE)
+    # Opening on the way covers a gripper that closed on nothing.
+    return _move(scene, grasp, OPEN, max_step)
+
+
+class ScriptedExpert:
+    """`expert(env)` -> the action for the env's current scene and task."""
+
+    def __init__(self, max_step: float = MAX_STEP):
+        self.max_step = max_step
+
+    def __call__(self, env) -> np.ndarray:
+        return expert_action(env.scene, env.task, self.max_step)
