@@ -1,1 +1,32 @@
-"""rt2edge stage: export (see DESIGN.md)."""
+"""rt2edge stage: export a VLAPolicy checkpoint to a deploy artifact (ONNX / TensorRT), validated.
+
+    from export import ExportConfig, run, build_engine
+    run(ExportConfig(checkpoint="ckpt", out="artifact", target="tensorrt", precision="fp16"))
+    build_engine("artifact")            # on the target device: tensorrt + a GPU
+
+The contract it writes is docs/artifact-format.md. Names resolve on first use, so the torch-free
+parts (`export.trt_check`, `export.head_savings`) import without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ExportConfig": "export.config",
+    "run": "export.pipeline",
+    "build_engine": "export.engine",
+    "validate_artifact": "export.validate",
+    "check_tensorrt_compatibility": "export.trt_check",
+    "TARGETS": "export.targets",
+    "register_target": "export.targets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'export' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
