@@ -1,0 +1,167 @@
+"""Policies under test, behind one signature: act(image, instruction) -> result with `.timing`.
+
+    backend = make_backend("runtime", "artifacts/student-s", num_threads=1)
+    report = time_policy(backend.act, observations, backend=backend.name, info=backend.info)
+
+  runtime      rt2edge.runtime.Policy on a deploy artifact (ONNX Runtime / TensorRT): what the
+               robot runs. Returns its Action (timing per stage, per decode step).
+  eager        VLAPolicy in torch: `predict_action_tokens`, split into its two calls
+               (encode_observations, generate_action_ids) to time preprocessing and generation.
+  hf-generate  the baseline a user writes from the Hugging Face docs: the model's processor on the
+               raw image + prompt, then `model.generate(**inputs, max_new_tokens=k, do_sample=False,
+               prefix_allowed_tokens_fn=...)` (HF's own constrained decoding, full-vocab LM head).
+
+Timings of different backends are comparable as ratios within one run on one machine. torch and
+transformers are imported only by the backends that need them (DESIGN.md rule 4); each backend
+sets its thread count (torch.set_num_threads is process-wide: the last backend made wins).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rt2edge.errors import ConfigError
+from rt2edge.optional import require
+
+
+@dataclass
+class PolicyBackend:
+    name: str
+    act: Callable[[Any, str], Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What the torch backends return per call (the runtime returns its own Action)."""
+
+    tokens: np.ndarray
+    timing: dict[str, float]
+
+
+BACKENDS: dict[str, Callable[..., PolicyBackend]] = {}
+
+
+def register_backend(name: str):
+    def wrap(factory: Callable[..., PolicyBackend]) -> Callable[..., PolicyBackend]:
+        BACKENDS[name] = factory
+        return factory
+    return wrap
+
+
+def make_backend(name: str, source: Any, num_threads: int = 1, **options: Any) -> PolicyBackend:
+    """source: an artifact folder (runtime), or a VLAPolicy / checkpoint folder (eager, hf-generate)."""
+    if name not in BACKENDS:
+        raise ConfigError("backend", f"unknown backend {name!r}; registered: {sorted(BACKENDS)}")
+    if not isinstance(num_threads, int) or num_threads < 1:
+        raise ConfigError("num_threads", f"must be an int >= 1, got {num_threads!r}")
+    return BACKENDS[name](source, num_threads=num_threads, **options)
+
+
+@register_backend("runtime")
+def runtime_backend(source: str | Path, num_threads: int = 1, providers: Any = None) -> PolicyBackend:
+    from rt2edge.runtime import Policy
+
+    # No deadline: a benchmark must time real inference, never the safe action. Warm-up is the
+    # harness's job (time_policy), so the load does none.
+    policy = Policy.load(source, providers=providers, num_threads=num_threads, deadline_s=None, warmup=0)
+    info = {"artifact": str(source), "provider": policy.provider, "num_threads": num_threads,
+            "precision": getattr(policy.manifest, "precision", None)}
+    return PolicyBackend("runtime", policy.act, info)
+
+
+def _load_policy(source: Any):
+    if hasattr(source, "predict_action_tokens"):
+        return source
+    from rt2edge.models import VLAPolicy
+
+    return VLAPolicy.from_pretrained(source)
+
+
+def _torch(num_threads: int):
+    torch = require("torch", extra="toolkit", purpose="the eager / hf-generate benchmark backends")
+    torch.set_num_threads(num_threads)
+    return torch
+
+
+def _torch_info(policy: Any, num_threads: int, torch: Any) -> dict[str, Any]:
+    return {"family": policy.family, "num_threads": num_threads, "torch": torch.__version__,
+            "dtype": str(policy.dtype), "device": str(policy.device)}
+
+
+@register_backend("eager")
+def eager_backend(source: Any, num_threads: int = 1) -> PolicyBackend:
+    torch = _torch(num_threads)
+    from rt2edge.models.decoding import generate_action_ids
+
+    policy = _load_policy(source)
+    pad_id = policy.text_tokenizer.pad_token_id
+
+    def act(image: Any, instruction: str) -> StepResult:
+        # The body of VLAPolicy.predict_action_tokens, with a clock between its two calls.
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            inputs = policy.encode_observations(image, instruction)
+            t1 = time.perf_counter()
+            ids = generate_action_ids(policy.model, inputs, policy.action_tokenizer, pad_id)
+        t2 = time.perf_counter()
+        return StepResult(ids[0].cpu().numpy().astype(np.int64),
+                          {"preprocess": t1 - t0, "generate": t2 - t1, "total": t2 - t0})
+
+    return PolicyBackend("eager", act, _torch_info(policy, num_threads, torch))
+
+
+def build_processor(policy: Any) -> tuple[Any, Callable[[str], str]]:
+    """The HF processor a user would build for this checkpoint, and the prompt text it is fed.
+
+    Built from the policy's own preprocessing (size, mean, std, bilinear) and tokenizer, so its
+    input_ids equal the policy's prompt; only the code path (PIL resize, generic processor) differs.
+    """
+    transformers = require("transformers", extra="toolkit", purpose="the hf-generate baseline")
+    prep, tok, config = policy.image_preprocessing, policy.text_tokenizer, policy.model.config
+    image_processor = transformers.SiglipImageProcessorPil(
+        size={"height": prep.size, "width": prep.size}, image_mean=list(prep.mean),
+        image_std=list(prep.std), resample=2)  # PIL.Image.BILINEAR, as ImagePreprocessing
+    image_token = tok.convert_ids_to_tokens(policy.prompt.image_token_id)
+    if config.model_type == "paligemma":
+        # PaliGemma's processor writes <image> x N + <bos> + prompt + "\n" itself.
+        image_processor.image_seq_length = policy.prompt.num_image_tokens
+        processor = transformers.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+        return processor, lambda instruction: policy.prompt.text(instruction)
+    if config.model_type == "llava":
+        clip = config.vision_config.model_type == "clip_vision_model"
+        processor = transformers.LlavaProcessor(
+            image_processor=image_processor, tokenizer=tok, patch_size=config.vision_config.patch_size,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            image_token=image_token, num_additional_image_tokens=1 if clip else 0)
+        bos = tok.bos_token or ""
+        return processor, lambda instruction: image_token + bos + policy.prompt.text(instruction)
+    raise ConfigError("backend", f"hf-generate has no processor recipe for {config.model_type!r}")
+
+
+@register_backend("hf-generate")
+def hf_generate_backend(source: Any, num_threads: int = 1) -> PolicyBackend:
+    torch = _torch(num_threads)
+    policy = _load_policy(source)
+    processor, prompt_text = build_processor(policy)
+    allowed = [int(i) for i in policy.action_tokenizer.allowed_ids]
+    steps = policy.action_tokenizer.tokens_per_action
+    model, pad_id = policy.model.eval(), policy.text_tokenizer.pad_token_id
+
+    def act(image: Any, instruction: str) -> StepResult:
+        t0 = time.perf_counter()
+        inputs = processor(images=image, text=prompt_text(instruction), return_tensors="pt")
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, num_beams=1,
+                                 prefix_allowed_tokens_fn=lambda batch_id, ids: allowed, pad_token_id=pad_id)
+        t2 = time.perf_counter()
+        return StepResult(out[0, -steps:].cpu().numpy().astype(np.int64),
+                          {"preprocess": t1 - t0, "generate": t2 - t1, "total": t2 - t0})
+
+    return PolicyBackend("hf-generate", act, _torch_info(policy, num_threads, torch))

@@ -1,0 +1,172 @@
+"""Measure this machine's roofline in a few seconds: memory bandwidth, GEMM rate, per-op overhead.
+
+A measured stage time means little alone ("prefill 3.1 ms"); against the machine's own roofline
+it says how far from the hardware limit the runtime is ("prefill at 62 % of the bandwidth bound"),
+which carries over to other machines far better than the raw number (gpt-fast reports achieved
+bandwidth for the same reason). Measurements:
+
+  copy bandwidth  np.copyto of a buffer 4x larger than a typical L3; bytes = read + write
+                  (the STREAM "copy" convention, write-allocate traffic not counted)
+  read bandwidth  np.sum over the same buffer (1 read stream)
+  GEMM rate       ONNX Runtime CPU EP fp32 MatMul n x n x n with `threads` intra-op threads:
+                  the engine that runs rt2edge artifacts; numpy's BLAS rate too (its thread
+                  count is numpy's own, not `threads`)
+  per-op overhead ORT run of a chain of tiny Add nodes / number of nodes (the CPU EP's analogue of
+                  a GPU kernel launch)
+
+Best-of-N timings: the roofline is what the machine *can* do; on a shared machine the median is
+noisy upwards. Everything is bounded by `budget_s`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from bench.devices import DeviceProfile, Figure
+from rt2edge.errors import ConfigError
+from rt2edge.optional import require
+
+
+@dataclass(frozen=True)
+class MachineProfile:
+    cpu: str
+    threads: int
+    copy_bandwidth_gbs: float
+    read_bandwidth_gbs: float
+    ort_gemm_gflops: float
+    numpy_gemm_gflops: float
+    op_overhead_us: float
+    buffer_mb: int
+    gemm_n: int
+    seconds: float  # wall time the measurement took
+
+    @property
+    def bandwidth_gbs(self) -> float:
+        """The bandwidth used for rooflines: the better of the two access patterns."""
+        return max(self.copy_bandwidth_gbs, self.read_bandwidth_gbs)
+
+    def as_device(self) -> DeviceProfile:
+        """This machine as a DeviceProfile (ORT CPU fp32), so projections and roofline fractions
+        work on it like on a Jetson. fp16 / int8 are not measured and get the fp32 rate."""
+        src = f"measured by bench.machine ({self.threads} thread(s), {self.cpu})"
+        gemm = Figure(self.ort_gemm_gflops / 1e3, "measured", f"{src}: ORT fp32 MatMul {self.gemm_n}^3")
+        untested = Figure(self.ort_gemm_gflops / 1e3, "estimate", "not measured: the fp32 ORT rate")
+        return DeviceProfile(
+            key="this-machine", name=f"this machine ({self.cpu})", architecture=platform.machine(),
+            power_mode="as found", memory_gb=Figure(_total_memory_gb(), "measured", src),
+            memory_bandwidth_gbs=Figure(self.bandwidth_gbs, "measured", f"{src}: numpy copy / sum"),
+            fp16_tflops=untested, int8_tops=untested, fp32_tflops=gemm,
+            launch_overhead_us=Figure(max(self.op_overhead_us, 1e-3), "measured", f"{src}: ORT Add chain"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "bandwidth_gbs": self.bandwidth_gbs}
+
+
+def _total_memory_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return 1.0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def best_time(fn: Callable[[], Any], reps: int, deadline: float) -> float:
+    """Fastest of up to `reps` timed calls (after one untimed warm-up), stopping at `deadline`."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() > deadline:
+            break
+    return best
+
+
+def _ort_session(model_bytes: bytes, threads: int, optimize: bool):
+    ort = require("onnxruntime", extra="cpu", purpose="measuring the ONNX Runtime GEMM rate")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Spinning threads burn the shared cores between runs (docs/artifact-format.md runtime notes).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def _gemm_model(n: int) -> bytes:
+    require("onnx", extra="toolkit", purpose="building the GEMM probe graph")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def _add_chain_model(nodes: int) -> bytes:
+    require("onnx", extra="toolkit", purpose="building the per-op overhead probe graph")
+    from onnx import TensorProto, helper, numpy_helper
+
+    one = numpy_helper.from_array(np.ones((1, 16), np.float32), "one")
+    chain = [helper.make_node("Add", [f"t{i}", "one"], [f"t{i + 1}"]) for i in range(nodes)]
+    graph = helper.make_graph(chain, "chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info(f"t{nodes}", TensorProto.FLOAT, [1, 16])], [one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def measure_machine(threads: int = 1, budget_s: float = 4.0, buffer_mb: int = 128, gemm_n: int = 768,
+                    chain_nodes: int = 200) -> MachineProfile:
+    """Measure bandwidth, GEMM rate and per-op overhead within about `budget_s` seconds."""
+    if threads < 1:
+        raise ConfigError("threads", f"must be >= 1, got {threads}")
+    if budget_s <= 0 or buffer_mb < 8 or gemm_n < 64:
+        raise ConfigError("measure_machine", "budget_s > 0, buffer_mb >= 8 and gemm_n >= 64 required")
+    start = time.perf_counter()
+    share = budget_s / 4  # four probes, each stops at its share of the budget
+
+    src = np.ones(buffer_mb * 2**20 // 4, np.float32)
+    dst = np.empty_like(src)
+    copy_s = best_time(lambda: np.copyto(dst, src), 8, time.perf_counter() + share)
+    read_s = best_time(lambda: src.sum(), 8, time.perf_counter() + share)
+    del src, dst
+
+    x = np.random.default_rng(1).standard_normal((gemm_n, gemm_n), np.float32)
+    session = _ort_session(_gemm_model(gemm_n), threads, optimize=True)
+    ort_s = best_time(lambda: session.run(None, {"x": x}), 25, time.perf_counter() + share / 2)
+    w = np.asarray(x.T, order="C")
+    np_s = best_time(lambda: x @ w, 25, time.perf_counter() + share / 2)
+
+    chain = _ort_session(_add_chain_model(chain_nodes), threads, optimize=False)
+    small = np.zeros((1, 16), np.float32)
+    chain_s = best_time(lambda: chain.run(None, {"t0": small}), 20, time.perf_counter() + share)
+
+    flops = 2.0 * gemm_n ** 3
+    nbytes = buffer_mb * 2**20
+    return MachineProfile(
+        cpu=_cpu_name(), threads=threads, copy_bandwidth_gbs=2 * nbytes / copy_s / 1e9,
+        read_bandwidth_gbs=nbytes / read_s / 1e9, ort_gemm_gflops=flops / ort_s / 1e9,
+        numpy_gemm_gflops=flops / np_s / 1e9, op_overhead_us=chain_s / chain_nodes * 1e6,
+        buffer_mb=buffer_mb, gemm_n=gemm_n, seconds=time.perf_counter() - start)

@@ -1,0 +1,100 @@
+"""Benchmark backends (runtime artifact, eager torch, HF generate baseline) and the machine probe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.backends import BACKENDS, make_backend
+from bench.timing import time_policy
+from rt2edge.errors import ConfigError
+
+INSTRUCTION = "pick up the red block"
+
+
+def _observations(size: int, n: int = 2):
+    rng = np.random.default_rng(0)
+    return [(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), INSTRUCTION) for _ in range(n)]
+
+
+def test_runtime_backend_reports_stages_and_decode_steps(tmp_path):
+    from artifact_factory import make_artifact
+
+    root, _ = make_artifact(tmp_path)
+    backend = make_backend("runtime", root, num_threads=1)
+    assert backend.info["provider"] == "CPUExecutionProvider" and backend.info["precision"] == "fp32"
+    report = time_policy(backend.act, _observations(32), warmup=1, steps=4, backend=backend.name,
+                         info=backend.info)
+    assert report.steps == 4 and report.safe_fallbacks == 0
+    assert {"vision", "prefill", "decode", "total"} <= set(report.stages)
+    assert report.decode_step.count == 4 * 7  # 8 tokens per action: prefill + 7 decode runs
+    assert report.stages["total"].p50_s <= report.latency.p50_s
+    json.dumps(report.to_dict())
+
+
+@pytest.fixture(scope="module")
+def student():
+    from rt2edge.models import build_preset
+
+    return build_preset("student-s")
+
+
+def test_eager_and_hf_generate_agree_on_the_tokens(student):
+    eager = make_backend("eager", student, num_threads=1)
+    baseline = make_backend("hf-generate", student, num_threads=1)
+    image, _ = _observations(64, 1)[0]
+    expected = student.predict_action_tokens(image, INSTRUCTION)[0]
+    for backend in (eager, baseline):
+        result = backend.act(image, INSTRUCTION)
+        np.testing.assert_array_equal(result.tokens, expected)
+        assert set(result.timing) == {"preprocess", "generate", "total"}
+        assert result.timing["total"] >= result.timing["generate"]
+    report = time_policy(baseline.act, _observations(64), warmup=1, steps=2, backend=baseline.name)
+    assert report.stages["generate"].count == 2 and report.info == {}
+
+
+def test_hf_processor_builds_the_policy_prompt(student):
+    from bench.backends import build_processor
+
+    processor, text = build_processor(student)
+    image, _ = _observations(64, 1)[0]
+    inputs = processor(images=image, text=text(INSTRUCTION), return_tensors="pt")
+    ours = student.encode_observations(image, INSTRUCTION)
+    assert inputs["input_ids"].tolist() == ours["input_ids"].tolist()
+
+
+def test_unknown_backend_and_bad_threads():
+    assert {"runtime", "eager", "hf-generate"} <= set(BACKENDS)
+    with pytest.raises(ConfigError, match="unknown backend 'tflite'"):
+        make_backend("tflite", "x")
+    with pytest.raises(ConfigError, match="num_threads"):
+        make_backend("runtime", "x", num_threads=0)
+
+
+def test_machine_probe_is_quick_and_positive():
+    from bench.machine import measure_machine
+
+    m = measure_machine(threads=1, budget_s=1.0, buffer_mb=16, gemm_n=128, chain_nodes=20)
+    assert m.seconds < 5.0
+    for value in (m.copy_bandwidth_gbs, m.read_bandwidth_gbs, m.ort_gemm_gflops, m.numpy_gemm_gflops,
+                  m.op_overhead_us):
+        assert value > 0
+    assert m.as_device().peak_flops("fp32") == pytest.approx(m.ort_gemm_gflops * 1e9)
+    json.dumps(m.to_dict())
+    with pytest.raises(ConfigError, match="threads"):
+        measure_machine(threads=0)
+
+
+def test_bench_core_imports_no_torch():
+    """The cost model, projection, timing and the runtime backend stay usable on a robot."""
+    code = ("import sys, bench, bench.costs, bench.projection, bench.calibration, bench.timing, "
+            "bench.machine, bench.onnx_costs, bench.backends, bench.devices; "
+            "bench.comparison_table(); "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
