@@ -12,7 +12,7 @@ import importlib
 import typer
 
 # Each stage adds its module here as it lands; no placeholder commands.
-COMMAND_MODULES: tuple[str, ...] = ("info", "act", "data", "export")
+COMMAND_MODULES: tuple[str, ...] = ("info", "act", "data", "export", "distill", "eval")
 
 app = typer.Typer(
     name="rt2edge",

@@ -1,0 +1,124 @@
+"""The pieces a fine-tuning run is assembled from: the policy, its batches, the optimizer and
+schedule, the resume point. Each is a plain function, testable without a training loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.finetune import checkpointing, losses
+from distill.finetune.config import CONFIG_FILENAME, FinetuneConfig
+from distill.finetune.data import RawItem
+from rt2edge.errors import ConfigError
+
+log = logging.getLogger("rt2edge.distill.finetune")
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(torch: Any, model: Any, cfg: FinetuneConfig) -> Any:
+    # No weight decay on biases, norms and other vectors (the usual transformer recipe).
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def build_policy(cfg: FinetuneConfig, statistics: Any, dataset_name: str) -> Any:
+    if cfg.init is not None:
+        from rt2edge.models import VLAPolicy
+
+        policy = VLAPolicy.from_pretrained(cfg.init)
+        ours = policy.action_tokenizer.statistics
+        if ours is not None and not np.allclose(ours.q01, statistics.q01, atol=1e-6):
+            log.warning("the --init checkpoint normalizes actions with its own statistics, not this "
+                        "dataset's; keep them only if the datasets share an action space")
+        return policy
+    from rt2edge.models import build_preset
+    from rt2edge.sim import instruction_corpus
+
+    # The tokenizer is trained on train-split instructions + VQA text only: held-out instructions
+    # stay unseen (their words all occur in train, see rt2edge.sim.language).
+    return build_preset(cfg.preset, corpus=instruction_corpus("train"),
+                        statistics={dataset_name: statistics}, seed=cfg.seed)
+
+
+def model_batch(policy: Any, items: list[RawItem]) -> tuple[dict[str, Any], Any]:
+    robot = [x for x in items if not x.is_vqa]
+    vqa = [x for x in items if x.is_vqa]
+    parts = []
+    if robot:
+        parts.append(policy.build_training_batch(np.stack([x.image for x in robot]), [x.text for x in robot],
+                                                 np.stack([x.action for x in robot])))
+    if vqa:
+        parts.append(policy.build_text_batch(np.stack([x.image for x in vqa]), [x.text for x in vqa],
+                                             [x.answer for x in vqa]))
+    batch = losses.concat_batches(parts, policy.text_tokenizer.pad_token_id)
+    import torch
+
+    is_vqa = torch.tensor([False] * len(robot) + [True] * len(vqa))
+    return batch, is_vqa
+
+
+def reset_accelerate_state_if_single_process() -> None:
+    """accelerate keeps its state in process-wide singletons that refuse a second, different
+    `Accelerator` (e.g. another mixed_precision); a library call or a test may run several
+    trainings in one process. Launched jobs (WORLD_SIZE > 1) run one training and keep theirs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def freeze_unused_parameters(policy: Any, items: list[RawItem]) -> list[str]:
+    """Stop training parameters that no loss reaches, and return their names.
+
+    E.g. LLaVA reads the vision tower's last hidden state *before* SigLIP's post-layernorm, so
+    that norm never gets a gradient. DDP refuses such parameters (or needs the slower
+    find_unused_parameters=True); AdamW would skip them anyway, so freezing them changes nothing
+    else. Found by one probe forward/backward (RNG forked, so the run's random stream is intact).
+    """
+    import torch
+
+    model = policy.model
+    with torch.random.fork_rng(devices=[]):
+        batch, _ = model_batch(policy, items)
+        inputs = policy.model_inputs(batch)
+        labels = inputs.pop("labels")
+        logits = model(**inputs, use_cache=False).logits
+        # every logit row, not only the labelled ones: a parameter is "used" if any output needs it
+        (logits.float().mean() + 0.0 * labels.sum()).backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for name, p in model.named_parameters():
+        p.grad = None
+        if name in unused:
+            p.requires_grad_(False)
+    return unused
+
+
+def resume_point(cfg: FinetuneConfig, out: Path) -> Path | None:
+    found = checkpointing.latest_checkpoint(out)
+    if found is not None and cfg.resume == "never":
+        raise ConfigError("resume", f"{out} already holds training checkpoints ({found.name}); "
+                                    "resume it (--resume) or choose another --out")
+    if found is None and cfg.resume == "require":
+        raise ConfigError("resume", f"no training checkpoint to resume in {out}")
+    if found is not None and (out / CONFIG_FILENAME).is_file():
+        cfg.check_resumable_from(json.loads((out / CONFIG_FILENAME).read_text()))
+    return found

@@ -1,0 +1,58 @@
+"""`rt2edge eval CHECKPOINT_OR_ARTIFACT`: closed-loop success rates in the built-in simulator.
+
+A torch checkpoint (rt2edge.json) is run with torch; a deploy artifact (manifest.json) with the
+robot runtime (ONNX Runtime), so the same command scores a model before and after export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+SPLIT_CHOICES = {"train": ("train",), "heldout": ("heldout",), "both": ("train", "heldout")}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_command(
+        policy_path: Path = typer.Argument(..., help="A checkpoint folder or a deploy artifact folder."),
+        episodes: int = typer.Option(24, "--episodes",
+                                     help="Episodes per split, task families round-robin (24 = 4 each)."),
+        seed: int = typer.Option(0, "--seed", help="Fixes every scene and instruction."),
+        split: str = typer.Option("both", "--split", help="train (seen instructions), heldout or both."),
+        families: Optional[str] = typer.Option(None, "--families", help="Comma-separated (default all)."),
+        num_envs: int = typer.Option(8, "--num-envs", help="Envs stepped together (torch policies)."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Default: the env's limit."),
+        gif: Optional[Path] = typer.Option(None, "--gif", help="Write one rollout: .gif or .png strip."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
+        providers: Optional[str] = typer.Option(None, "--providers", help="Artifact backends, best first."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    ) -> None:
+        """Run a policy in TabletopEnv; print success per task family for seen and held-out instructions."""
+        from rt2edge.errors import ConfigError, Rt2EdgeError
+        from rt2edge.evaluation import evaluate, load_policy, save_rollout
+
+        if split not in SPLIT_CHOICES:
+            raise typer.BadParameter(f"must be one of {sorted(SPLIT_CHOICES)}", param_hint="--split")
+        if threads is not None and (policy_path / "rt2edge.json").is_file():
+            import torch
+
+            torch.set_num_threads(threads)
+        try:
+            policy = load_policy(policy_path, providers=providers)
+            result = evaluate(policy, episodes=episodes, seed=seed, splits=SPLIT_CHOICES[split],
+                              families=None if families is None else [f.strip() for f in families.split(",")],
+                              num_envs=num_envs, max_steps=max_steps, record=gif is not None)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint=f"--{exc.field.replace('_', '-')}") from exc
+        except Rt2EdgeError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2) from exc
+        typer.echo(result.format_table())
+        if json_out is not None:
+            typer.echo(f"results: {result.save_json(json_out)}")
+        if gif is not None and result.rollout_frames is not None:
+            ep = result.rollout_episode
+            typer.echo(f"rollout: {save_rollout(result.rollout_frames, gif, ep.instruction, ep.success)}")

@@ -1,0 +1,35 @@
+"""Closed-loop evaluation of a policy in the built-in tabletop simulator (no torch here).
+
+    from rt2edge.evaluation import evaluate, load_policy
+    result = evaluate(load_policy("ckpt_or_artifact"), episodes=50, seed=0)
+    print(result.format_table()); result.save_json("eval.json")
+
+Any object with `act(image, instruction) -> action` is a policy (see policies.py); torch is
+imported only when a torch checkpoint is loaded, onnxruntime only for a deploy artifact.
+"""
+
+from __future__ import annotations
+
+from rt2edge.evaluation.policies import (
+    ActionPolicy,
+    ArtifactPolicyAdapter,
+    ScriptedExpertPolicy,
+    VLAPolicyAdapter,
+    load_policy,
+    supports_batch,
+)
+from rt2edge.evaluation.results import EpisodeResult, EvaluationResult, GroupSummary
+from rt2edge.evaluation.rollout import SPLITS, episode_seed, evaluate
+
+__all__ = [
+    "ActionPolicy", "ArtifactPolicyAdapter", "EpisodeResult", "EvaluationResult", "GroupSummary",
+    "SPLITS", "ScriptedExpertPolicy", "VLAPolicyAdapter", "episode_seed", "evaluate", "load_policy",
+    "save_rollout", "supports_batch",
+]
+
+
+def save_rollout(*args, **kwargs):
+    """See rt2edge.evaluation.media.save_rollout (imported on use: pillow is optional)."""
+    from rt2edge.evaluation.media import save_rollout as _save
+
+    return _save(*args, **kwargs)

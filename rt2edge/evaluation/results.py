@@ -1,0 +1,115 @@
+"""Closed-loop evaluation results: per-episode records, per split / task family summaries, JSON, table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    split: str
+    index: int  # planned episode number within the split
+    family: str
+    instruction: str
+    seed: int  # env.reset(seed=...) of this episode: replays it exactly
+    success: bool  # the task predicate holds when the episode ends (terminated or truncated)
+    reached: bool  # the predicate held at some step (a policy may reach the goal, then undo it)
+    terminated: bool  # the policy ended the episode itself (terminate flag)
+    steps: int
+    out_of_bounds_actions: int  # actions with a dim outside the env's action space (before clipping)
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    episodes: int
+    successes: int
+    success_rate: float
+    reached_rate: float
+    mean_length: float
+
+    @classmethod
+    def of(cls, episodes: Sequence[EpisodeResult]) -> GroupSummary:
+        n = len(episodes)
+        successes = sum(e.success for e in episodes)
+        return cls(
+            episodes=n,
+            successes=successes,
+            success_rate=successes / n if n else 0.0,
+            reached_rate=sum(e.reached for e in episodes) / n if n else 0.0,
+            mean_length=float(np.mean([e.steps for e in episodes])) if n else 0.0,
+        )
+
+
+@dataclass
+class EvaluationResult:
+    policy: str
+    seed: int
+    max_steps: int
+    episodes: list[EpisodeResult]
+    wall_s: float
+    safe_fallbacks: int | None = None  # deploy artifacts: actions replaced by the safe action
+    # One recorded rollout (frames uint8 (T, H, W, 3)) for a GIF / strip; not part of the JSON.
+    rollout_frames: np.ndarray | None = field(default=None, repr=False)
+    rollout_episode: EpisodeResult | None = None
+
+    @property
+    def splits(self) -> list[str]:
+        return list(dict.fromkeys(e.split for e in self.episodes))
+
+    def summary(self, split: str | None = None, family: str | None = None) -> GroupSummary:
+        return GroupSummary.of([e for e in self.episodes
+                                if (split is None or e.split == split)
+                                and (family is None or e.family == family)])
+
+    def by_family(self, split: str) -> dict[str, GroupSummary]:
+        families = dict.fromkeys(e.family for e in self.episodes if e.split == split)
+        return {f: self.summary(split, f) for f in families}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "seed": self.seed,
+            "max_steps": self.max_steps,
+            "wall_s": self.wall_s,
+            "safe_fallbacks": self.safe_fallbacks,
+            "overall": asdict(self.summary()),
+            "splits": {s: {"overall": asdict(self.summary(s)),
+                           "families": {f: asdict(g) for f, g in self.by_family(s).items()}}
+                       for s in self.splits},
+            "episodes": [asdict(e) for e in self.episodes],
+        }
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def format_table(self) -> str:
+        """Success rate per task family (rows) and split (columns), plus mean episode length."""
+        splits = self.splits
+        families = list(dict.fromkeys(e.family for e in self.episodes))
+        head = f"{'family':<14}" + "".join(f"{s + ' success':>22}{'len':>7}" for s in splits)
+        lines = [f"policy {self.policy}  seed {self.seed}  max_steps {self.max_steps}", head,
+                 "-" * len(head)]
+
+        def cells(split: str, family: str | None) -> str:
+            g = self.summary(split, family)
+            if g.episodes == 0:
+                return f"{'-':>22}{'-':>7}"
+            rate = f"{100 * g.success_rate:5.1f}% ({g.successes}/{g.episodes})"
+            return f"{rate:>22}{g.mean_length:>7.1f}"
+
+        for family in families:
+            lines.append(f"{family:<14}" + "".join(cells(s, family) for s in splits))
+        lines.append("-" * len(head))
+        lines.append(f"{'all':<14}" + "".join(cells(s, None) for s in splits))
+        if self.safe_fallbacks:
+            lines.append(f"safe-fallback actions: {self.safe_fallbacks}")
+        lines.append(f"wall time {self.wall_s:.1f} s")
+        return "\n".join(lines)
