@@ -49,11 +49,9 @@ def build_policy(cfg: FinetuneConfig, statistics: Any, dataset_name: str) -> Any
                         "dataset's; keep them only if the datasets share an action space")
         return policy
     from rt2edge.models import build_preset
-    from rt2edge.sim import instruction_corpus
-
-    # The tokenizer is trained on train-split instructions + VQA text only: held-out instructions
-    # stay unseen (their words all occur in train, see rt2edge.sim.language).
-    return build_preset(cfg.preset, corpus=instruction_corpus("train"),
+    # The preset's default corpus is the train-split instructions + VQA text: held-out
+    # instructions stay unseen (their words all occur in train, see rt2edge.sim.language).
+    return build_preset(cfg.preset,
                         statistics={dataset_name: statistics}, seed=cfg.seed)
 
 
