@@ -20,8 +20,7 @@ Names resolve on first use, so `import bench` pulls in neither torch nor onnx.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rt2edge.lazy import lazy_getattr
 
 _EXPORTS = {
     "VLASpec": "bench.architecture", "spec_from_config": "bench.architecture",
@@ -43,7 +42,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'bench' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr("bench", _EXPORTS)

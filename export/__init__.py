@@ -10,8 +10,7 @@ parts (`export.trt_check`, `export.head_savings`) import without torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rt2edge.lazy import lazy_getattr
 
 _EXPORTS = {
     "ExportConfig": "export.config",
@@ -26,7 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'export' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr("export", _EXPORTS)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rt2edge.errors import ConfigError
+from rt2edge.registry import Registry
 
 # Decoders whose layers the explicit-KV wrapper drives unchanged: pre-norm blocks whose attention
 # reads the cache only through `past_key_values.update(k, v, layer_idx)` and takes an additive
@@ -60,20 +61,9 @@ class ExportAdapter:
                                             "sliding-window masks are not exported")
 
 
-ADAPTERS: dict[str, ExportAdapter] = {}
-
-
-def register_adapter(cls: type[ExportAdapter]) -> type[ExportAdapter]:
-    ADAPTERS[cls.family] = cls()
-    return cls
-
-
-def adapter_for(family: str) -> ExportAdapter:
-    try:
-        return ADAPTERS[family]
-    except KeyError:
-        raise ConfigError("checkpoint", f"no export adapter for VLM family {family!r}; "
-                                        f"registered: {sorted(ADAPTERS)}") from None
+ADAPTERS: Registry[ExportAdapter] = Registry("export adapter for VLM family", field="checkpoint")
+register_adapter = ADAPTERS.register_class("family")
+adapter_for = ADAPTERS.get
 
 
 class LlavaVision(nn.Module):

@@ -18,6 +18,7 @@ from export.trt_check import MAX_OPSET as TRT_MAX_OPSET
 from export.trt_check import assert_tensorrt_compatible
 from rt2edge.artifact import GraphSpec
 from rt2edge.errors import ExportValidationError
+from rt2edge.registry import Registry
 
 
 class ExportTarget:
@@ -41,21 +42,9 @@ class ExportTarget:
         return {}
 
 
-TARGETS: dict[str, ExportTarget] = {}
-
-
-def register_target(cls: type[ExportTarget]) -> type[ExportTarget]:
-    TARGETS[cls.name] = cls()
-    return cls
-
-
-def get_target(name: str) -> ExportTarget:
-    from rt2edge.errors import ConfigError
-
-    try:
-        return TARGETS[name]
-    except KeyError:
-        raise ConfigError("target", f"must be one of {sorted(TARGETS)}, got {name!r}") from None
+TARGETS: Registry[ExportTarget] = Registry("export target", field="target")
+register_target = TARGETS.register_class("name")
+get_target = TARGETS.get
 
 
 @register_target

@@ -11,8 +11,7 @@ for importing torch and transformers.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from rt2edge.lazy import lazy_getattr
 
 _EXPORTS = {
     "VLAPolicy": "rt2edge.models.policy",
@@ -31,7 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'rt2edge.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_getattr("rt2edge.models", _EXPORTS)

@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from rt2edge.errors import ConfigError
+from rt2edge.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -211,19 +212,9 @@ class VLMFamily:
                 "language": inner.language_model, "head": model.get_output_embeddings()}
 
 
-FAMILIES: dict[str, VLMFamily] = {}
-
-
-def register_family(cls: type[VLMFamily]) -> type[VLMFamily]:
-    FAMILIES[cls.name] = cls()
-    return cls
-
-
-def get_family(name: str) -> VLMFamily:
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        raise ConfigError("family", f"unknown VLM family {name!r}; registered: {sorted(FAMILIES)}") from None
+FAMILIES: Registry[VLMFamily] = Registry("VLM family", field="family")
+register_family = FAMILIES.register_class("name")
+get_family = FAMILIES.get
 
 
 def family_for_config(config: PretrainedConfig) -> VLMFamily:
