@@ -362,18 +362,23 @@ def verify_files(folder: str | os.PathLike, manifest: ArtifactManifest) -> None:
         _file_status(root, spec, where)
 
 
+def read_json_file(path: Path, missing_hint: str) -> Any:
+    """JSON content of `path`; a missing or unparsable file -> ArtifactError naming it."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; {missing_hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: cannot be parsed as JSON: {exc}") from exc
+
+
 def load_manifest(folder: str | os.PathLike, verify: bool = True) -> ArtifactManifest:
     """Parse and validate `folder/manifest.json`; with `verify`, check all files' sizes and hashes."""
     root = Path(folder)
     if not root.is_dir():
         raise ArtifactError(f"{root}: artifact folder does not exist")
     path = root / MANIFEST_FILE
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing; not an rt2edge deploy artifact (or export did not finish)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: cannot be parsed as JSON: {exc}") from exc
+    data = read_json_file(path, "not an rt2edge deploy artifact (or export did not finish)")
     try:
         manifest = ArtifactManifest.from_dict(data)
     except ArtifactError as exc:

@@ -33,6 +33,7 @@ from typing import Any, Iterator
 
 from rt2edge import __version__
 from rt2edge.actions import ActionStatistics, ActionTokenizer
+from rt2edge.artifact import read_json_file
 from rt2edge.errors import ArtifactError
 from rt2edge.observation import ImagePreprocessing, PromptFormat
 
@@ -95,12 +96,7 @@ def read_metadata(directory: str | os.PathLike) -> CheckpointMetadata:
     path = Path(directory) / METADATA_FILE
     if not Path(directory).is_dir():
         raise ArtifactError(f"checkpoint {str(directory)!r} does not exist or is not a folder")
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing; not an rt2edge checkpoint (save it with VLAPolicy.save_pretrained)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: unreadable or not JSON: {exc}") from exc
+    data = read_json_file(path, "not an rt2edge checkpoint (save it with VLAPolicy.save_pretrained)")
     return CheckpointMetadata.from_dict(data, source=str(path))
 
 
