@@ -101,12 +101,15 @@ def head_savings(shape: DecoderShape) -> HeadSavings:
     full = shape.vocab_size * shape.hidden_size
     action = shape.n_bins * shape.hidden_size
     layers = 2 * layer_params(shape)
+    # A tied head shares the embedding table, which the artifact keeps (embed.onnx) anyway: the
+    # action head adds its 256 rows to the decoder and saves compute, not bytes.
+    removed_bytes = 0 if shape.tied_embeddings else full - action
     return HeadSavings(
         name=shape.name, hidden_size=shape.hidden_size, vocab_size=shape.vocab_size,
         n_bins=shape.n_bins, tokens_per_action=shape.tokens_per_action,
         full_head_params=full, action_head_params=action, removed_params=full - action,
         removed_fraction=(full - action) / full,
-        bytes_removed={p: (full - action) * b for p, b in BYTES_PER_PARAM.items()},
+        bytes_removed={p: removed_bytes * b for p, b in BYTES_PER_PARAM.items()},
         full_head_bytes={p: full * b for p, b in BYTES_PER_PARAM.items()},
         action_head_bytes={p: action * b for p, b in BYTES_PER_PARAM.items()},
         full_head_flops_per_step=2 * full, action_head_flops_per_step=2 * action,

@@ -199,6 +199,7 @@ def _write_tokenizer(path: Path) -> dict[str, int]:
     vocab = {w: i for i, w in enumerate(SPECIALS + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(SPECIALS)  # as a trained tokenizer has them: "<image>" is one token
     tok.save(str(path))
     return vocab
 

@@ -185,3 +185,32 @@ def test_bad_config_rejected(kwargs: dict, match: str) -> None:
 def test_statistics_reject_non_finite() -> None:
     with pytest.raises(ActionValueError, match="action dim 1"):
         ActionStatistics(q01=[0, np.nan], q99=[1, 1], min=[0, 0], max=[1, 1])
+
+
+@st.composite
+def _normalized_case(draw):
+    """Any number of dims, random statistics (some dims degenerate), in-range actions."""
+    num_dims = draw(st.integers(1, 12))
+    low = np.array(draw(st.lists(st.floats(-5, 5), min_size=num_dims, max_size=num_dims)))
+    span = np.array(draw(st.lists(st.sampled_from([0.0, 0.01, 0.5, 3.0]), min_size=num_dims,
+                                  max_size=num_dims)))
+    stats = ActionStatistics(q01=low, q99=low + span, min=low, max=low + span)
+    frac = np.array(draw(st.lists(st.floats(0, 1), min_size=num_dims, max_size=num_dims)))
+    terminate = draw(st.booleans())
+    actions = low + frac * span
+    if terminate:
+        actions = np.append(actions, float(draw(st.booleans())))
+    return stats, num_dims, terminate, actions, span
+
+
+@settings(max_examples=200, deadline=None)
+@given(_normalized_case(), st.sampled_from(["q01_q99", "min_max"]))
+def test_normalized_round_trip_any_dims(case, normalization: str) -> None:
+    stats, num_dims, terminate, actions, span = case
+    tok = ActionTokenizer(vocab_size=300, num_dims=num_dims, strategy="append",
+                          normalization=normalization, statistics=stats, terminate=terminate)
+    decoded = tok.decode(tok.encode(actions))
+    err = np.abs(decoded[:num_dims] - actions[:num_dims])
+    assert np.all(err <= span / 255.0 / 2 + 1e-9)  # half a bin in real units; 0 for degenerate dims
+    if terminate:
+        assert decoded[-1] == actions[-1]

@@ -172,8 +172,21 @@ def test_inference_failure_returns_the_safe_action(root, mode, reason):
     (np.zeros((16, 16, 3), np.uint8), "block " * 40, "instruction", "tokens, the limit is 32"),
     (np.zeros((16, 16, 3), np.uint8), b"open", "instruction", "expected a str"),
     (np.zeros((16, 16, 3), np.uint8), "open \ud800", "instruction", "not valid unicode"),
+    (np.zeros((16, 16, 3), np.uint8), "put the <image> on the block", "instruction",
+     r"special tokens \['<image>'\]"),
 ])
 def test_typed_input_errors(policy, image, instruction, field, message):
     with pytest.raises(InputError, match=message) as info:
         policy.act(image, instruction)
     assert info.value.field == field
+
+
+def test_clipped_actions_never_exceed_float64_bounds_by_rounding() -> None:
+    from rt2edge.runtime.action import _float32_bounds_inward
+
+    low = np.array([0.1, -0.3, 1.0 / 3.0, 0.0])
+    high = np.array([0.1, 0.7, 2.0 / 3.0, 1e-9])
+    low32, high32 = _float32_bounds_inward(low, high)
+    assert low32.dtype == np.float32
+    assert np.all(low32[1:].astype(np.float64) >= low[1:]) and np.all(high32[1:].astype(np.float64) <= high[1:])
+    assert low32[0] == high32[0] == np.float32(0.1)  # degenerate dim: the nearest float32

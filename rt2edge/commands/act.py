@@ -24,10 +24,13 @@ def read_image(path: Path):
         raise InputError("image", f"{path}: no such file")
     if path.suffix.lower() == ".npy":
         return np.load(path, allow_pickle=False)  # no pickle: an image file must not run code
-    image_module = require("PIL.Image", extra="toolkit", purpose=f"reading {path.suffix} images "
+    image_module = require("PIL.Image", extra="cpu", purpose=f"reading {path.suffix} images "
                            "(or pass a .npy array)")
-    with image_module.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+    try:
+        with image_module.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except OSError as exc:  # Pillow's UnidentifiedImageError is an OSError too
+        raise InputError("image", f"{path}: cannot be read as an image ({exc})") from exc
 
 
 def _print(action, provider: str) -> None:

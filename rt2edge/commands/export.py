@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from rt2edge.commands import user_errors
 from rt2edge.errors import ConfigError
 
 
@@ -62,7 +63,8 @@ def register(app: typer.Typer) -> None:
                                max_prompt_tokens=max_prompt_tokens)
         except ConfigError as exc:
             raise _bad_option(exc) from exc
-        typer.echo(json.dumps(_summary(run(cfg)), indent=2))
+        with user_errors():
+            typer.echo(json.dumps(_summary(run(cfg)), indent=2))
 
     @app.command("export-engine")
     def export_engine(
@@ -72,7 +74,8 @@ def register(app: typer.Typer) -> None:
         """Build TensorRT engines for an artifact, on this device (needs tensorrt and a CUDA GPU)."""
         from export import build_engine
 
-        paths = build_engine(artifact, workspace_gb=workspace_gb)
+        with user_errors():
+            paths = build_engine(artifact, workspace_gb=workspace_gb)
         typer.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
 
     @app.command("head-savings")

@@ -92,12 +92,13 @@ class ActionGuard:
         self.last_gripper = None if gripper is None else float(gripper)
 
     def clip(self, values: np.ndarray) -> np.ndarray:
-        out = np.asarray(values, dtype=np.float64).copy()
+        out = np.asarray(values, dtype=np.float32).copy()
         cont = np.nan_to_num(out[: self.num_dims], nan=0.0)
-        out[: self.num_dims] = np.clip(cont, self.low, self.high)
+        low32, high32 = _float32_bounds_inward(self.low, self.high)
+        out[: self.num_dims] = np.clip(cont, low32, high32)
         if self.has_terminate:
             out[self.num_dims] = 1.0 if out[self.num_dims] >= 0.5 else 0.0
-        return out.astype(np.float32)
+        return out
 
     def commit(self, values: np.ndarray) -> None:
         """Remember the gripper value of an action handed to the robot."""
@@ -114,3 +115,15 @@ class ActionGuard:
     def safe_action(self, reason: str, timing: Mapping[str, float]) -> Action:
         return Action(values=self.safe_values(), terminate=False, tokens=np.empty(0, np.int64),
                       bins=np.empty(0, np.int64), timing=timing, safe_fallback=True, reason=reason)
+
+
+def _float32_bounds_inward(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 bounds that lie inside [low, high] (float64), so a clipped float32 action never
+    exceeds a bound by a rounding step; a dim with low == high not representable in float32 gets
+    its nearest float32 value."""
+    low32, high32 = np.float32(low), np.float32(high)
+    low32 = np.where(low32 < low, np.nextafter(low32, np.float32(np.inf)), low32)
+    high32 = np.where(high32 > high, np.nextafter(high32, np.float32(-np.inf)), high32)
+    nearest = np.float32(low)
+    crossed = low32 > high32
+    return np.where(crossed, nearest, low32).astype(np.float32), np.where(crossed, nearest, high32).astype(np.float32)

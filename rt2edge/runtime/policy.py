@@ -54,6 +54,7 @@ class Policy:
         tokenizers = require("tokenizers", extra="cpu", purpose="tokenizing instructions")
         self._text_tokenizer = tokenizers.Tokenizer.from_file(
             str(folder / manifest.files["tokenizer"].file))
+        self._special_ids = _special_token_ids(self._text_tokenizer)
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._text_cache_size = text_cache_size
 
@@ -246,6 +247,10 @@ class Policy:
         except UnicodeEncodeError as exc:
             raise InputError("instruction", f"is not valid unicode: {exc.reason}") from exc
         ids = self._text_tokenizer.encode(self.prompt.text(text), add_special_tokens=False).ids
+        special = self._special_ids.intersection(ids)
+        if special:  # same refusal as the torch side: "<image>" in a text would add a placeholder
+            names = sorted(self._text_tokenizer.id_to_token(i) for i in special)
+            raise InputError("instruction", f"contains special tokens {names}")
         input_ids = self.prompt.build_input_ids(ids)
         # [Contract] PromptFormat puts the num_image_tokens image placeholders first; the vision
         # embeddings take their place, so only the ids after them are embedded (once per text).
@@ -255,3 +260,11 @@ class Policy:
         if len(self._text_cache) > self._text_cache_size:
             self._text_cache.popitem(last=False)
         return embeds
+
+
+def _special_token_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special added tokens (bos, eos, pad, <image>, ...), except the unknown
+    token: an unknown word in an instruction is not an attempt to inject prompt structure."""
+    unk = getattr(tokenizer.model, "unk_token", None)
+    return {i for i, tok in tokenizer.get_added_tokens_decoder().items()
+            if tok.special and tok.content != unk}
