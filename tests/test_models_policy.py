@@ -287,3 +287,26 @@ def test_prefix_lm_attends_bidirectionally_over_the_prompt_only(tokenizer, varia
     sees_later_prompt = not torch.allclose(base, early_hidden(later_prompt))
     assert sees_later_prompt == (variant == "paligemma")  # the prefix is bidirectional
     assert torch.allclose(base, early_hidden(later_action))  # targets are causal for both
+
+
+def test_last_strategy_on_a_padded_table_uses_the_base_vocab_like_openvla(tokenizer, tmp_path):
+    # OpenVLA: Llama tokenizer of 32000 ids, embedding table padded to 32064 rows, action ids
+    # 32000 - 1 - bin. Same shape here: the table has 64 padding rows past the text vocabulary.
+    family, size = VARIANTS["llava"]
+    tokens = SpecialTokenIds(len(tokenizer) + 64, tokenizer.pad_token_id, tokenizer.bos_token_id,
+                             tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<image>"))
+    model = build_model(get_family(family), size, tokens, seed=0)
+    policy = VLAPolicy.from_model(model, tokenizer,
+                                  action=ActionVocabConfig(strategy="last", vocab_size=len(tokenizer)))
+    tok = policy.action_tokenizer
+    assert tok.allowed_ids[0] == len(tokenizer) - 1 and tok.allowed_ids[-1] == len(tokenizer) - 256
+    assert policy.model.get_input_embeddings().num_embeddings == len(tokenizer) + 64  # not resized
+    predicted = policy.predict_action_tokens(images(2), "lift the red cup")
+    assert np.isin(predicted, tok.allowed_ids).all()
+    policy.save_pretrained(tmp_path / "ckpt")
+    again = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    assert again.action_tokenizer.vocab_size == len(tokenizer)
+    np.testing.assert_array_equal(again.predict_action_tokens(images(2), "lift the red cup"), predicted)
+    with pytest.raises(ConfigError, match="action.vocab_size"):
+        VLAPolicy.from_model(model, tokenizer, action=ActionVocabConfig(strategy="last",
+                                                                        vocab_size=len(tokenizer) + 65))

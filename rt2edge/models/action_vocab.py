@@ -31,6 +31,10 @@ class ActionVocabConfig:
     num_dims: int = 7
     terminate: bool = True
     normalization: str | None = None
+    # The vocabulary the action ids are counted in; None: the model's embedding rows. OpenVLA uses
+    # the Llama tokenizer's 32000 base ids while its embedding table is padded to 32064 rows, so
+    # `last` with vocab_size=32000 gives OpenVLA's exact ids (31744-31999).
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -42,6 +46,8 @@ class ActionVocabConfig:
             raise ConfigError("action.n_bins", f"must be >= 2, got {self.n_bins}")
         if self.num_dims < 1:
             raise ConfigError("action.num_dims", f"must be >= 1, got {self.num_dims}")
+        if self.vocab_size is not None and self.vocab_size < self.n_bins:
+            raise ConfigError("action.vocab_size", f"must be >= n_bins={self.n_bins}, got {self.vocab_size}")
 
 
 def as_dataset_statistics(statistics: Any) -> dict[str, ActionStatistics]:
@@ -74,23 +80,29 @@ def _token_ids(cfg: ActionVocabConfig, vocab_size: int, tokenizer: PreTrainedTok
         counts = token_counts(tokenizer, corpus, vocab_size)
         return least_frequent_token_ids(counts, cfg.n_bins, exclude_ids=special)
     if cfg.strategy == "last":
-        clash = sorted(i for i in special if i >= vocab_size - cfg.n_bins)
+        clash = sorted(i for i in special if vocab_size - cfg.n_bins <= i < vocab_size)
         if clash:
             raise ConfigError("action.strategy", f"'last' would overwrite special token ids {clash}; "
                                                  "use 'least_frequent' or 'append'")
     return None  # last / append: the ids follow from vocab_size
 
 
-def make_action_tokenizer(cfg: ActionVocabConfig, vocab_size: int, tokenizer: PreTrainedTokenizerFast,
+def make_action_tokenizer(cfg: ActionVocabConfig, embedding_rows: int, tokenizer: PreTrainedTokenizerFast,
                           corpus: Iterable[str] | None = None,
                           statistics: ActionStatistics | None = None) -> ActionTokenizer:
-    """The ActionTokenizer of a model whose embedding table has `vocab_size` rows.
+    """The ActionTokenizer of a model whose embedding table has `embedding_rows` rows.
 
-    [Contract] vocab_size is the model's embedding size, not len(tokenizer): a padded table keeps
-    its padding rows out of the text range, and `append` starts after every existing row.
+    [Contract] the action ids are counted in `cfg.vocab_size` when set (OpenVLA: 32000 of 32064
+    rows), else in the model's embedding size, not len(tokenizer): a padded table keeps its padding
+    rows out of the text range, and `append` starts after every existing row.
     """
-    if vocab_size < len(tokenizer):
-        raise ConfigError("text_tokenizer", f"has {len(tokenizer)} tokens, the model embeds only {vocab_size}")
+    if embedding_rows < len(tokenizer):
+        raise ConfigError("text_tokenizer", f"has {len(tokenizer)} tokens, the model embeds only {embedding_rows}")
+    vocab_size = embedding_rows if cfg.vocab_size is None else cfg.vocab_size
+    if vocab_size > embedding_rows:
+        raise ConfigError("action.vocab_size", f"is {vocab_size}, the model embeds only {embedding_rows} ids")
+    if cfg.strategy == "append" and vocab_size != embedding_rows:
+        raise ConfigError("action.vocab_size", "'append' adds ids after every existing row; leave it unset")
     normalization = cfg.normalization or ("q01_q99" if statistics is not None else "none")
     if normalization != "none" and statistics is None:
         raise ConfigError("statistics", f"normalization {normalization!r} needs dataset statistics")
