@@ -198,6 +198,10 @@ def test_tensorrt_fp16_export_passes_the_graph_check(checkpoints, tmp_path, monk
     assert manifest.files["decoder.data"].file == "decoder.onnx.data" and (out / "decoder.onnx.data").is_file()
     profile = manifest.extra["tensorrt"]["profiles"]["decoder"]["past.0.key"]
     assert profile["min"][2] == 0 and profile["max"][2] > profile["opt"][2] > 0
+    from rt2edge.runtime.backends import trt_profile_options  # what the TensorRT EP is given
+    ep = trt_profile_options(manifest, "decoder")
+    assert "past.0.key:1x" in ep["trt_profile_max_shapes"] and ep["trt_profile_min_shapes"].count(":") == len(
+        [t for t in decoder_inputs(manifest) if not all(isinstance(d, int) for d in t.shape)])
     weights = [t for t in onnx.load(str(out / "decoder.onnx")).graph.initializer if len(t.dims) >= 2]
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
     decoder = manifest.graphs["decoder"]  # fp16 graphs keep float32 IO
@@ -226,3 +230,7 @@ def test_unsupported_decoder_is_refused(tokenizer):
     policy.model.config.get_text_config().model_type = "gemma2"
     with pytest.raises(ConfigError, match="gemma2"):
         adapter_for("llava").check(policy.model)
+
+
+def decoder_inputs(manifest):
+    return manifest.graphs["decoder"].inputs

@@ -149,3 +149,22 @@ def test_load_config_errors(tiny):
         Policy.load(tiny[0], deadline_s=0)
     with pytest.raises(ConfigError, match="num_threads"):
         Policy.load(tiny[0], num_threads=0)
+
+
+def test_tensorrt_ep_gets_the_manifests_optimization_profiles(tmp_path):
+    from rt2edge.artifact import load_manifest
+    from rt2edge.runtime.backends import trt_profile_options
+
+    root, _ = make_artifact(tmp_path / "art")
+    manifest = load_manifest(root)
+    assert trt_profile_options(manifest, "decoder") == {}  # an onnx-target artifact has none
+    manifest.extra["tensorrt"] = {"profiles": {"decoder": {
+        "inputs_embeds": {"min": [1, 1, 32], "opt": [1, 1, 32], "max": [1, 40, 32]},
+        "past.0.key": {"min": [1, 2, 0, 8], "opt": [1, 2, 30, 8], "max": [1, 2, 48, 8]}}}}
+    options = trt_profile_options(manifest, "decoder")
+    assert options == {
+        "trt_profile_min_shapes": "inputs_embeds:1x1x32,past.0.key:1x2x0x8",
+        "trt_profile_opt_shapes": "inputs_embeds:1x1x32,past.0.key:1x2x30x8",
+        "trt_profile_max_shapes": "inputs_embeds:1x40x32,past.0.key:1x2x48x8",
+    }
+    assert trt_profile_options(manifest, "vision") == {}

@@ -138,11 +138,29 @@ def _session_options(options: BackendOptions):
     return so
 
 
-def _ep_chain(name: str, folder: Path, options: BackendOptions) -> list:
+def trt_profile_options(manifest: ArtifactManifest, graph: str) -> dict[str, str]:
+    """The TensorRT EP's explicit optimization profile of one graph, from the manifest's
+    `tensorrt.profiles` (written by `export --target tensorrt`). Without it the EP builds an engine
+    for the first shapes it sees and rebuilds it (seconds) whenever the KV cache or a new prompt
+    outgrows them: inside `act`, where no deadline can interrupt it."""
+    profile = ((manifest.extra or {}).get("tensorrt") or {}).get("profiles", {}).get(graph)
+    if not profile:
+        return {}
+    out = {}
+    for bound in ("min", "opt", "max"):
+        shapes = ",".join(f"{name}:{'x'.join(str(int(d)) for d in dims[bound])}"
+                          for name, dims in sorted(profile.items()))
+        out[f"trt_profile_{bound}_shapes"] = shapes
+    return out
+
+
+def _ep_chain(name: str, folder: Path, options: BackendOptions, manifest: ArtifactManifest,
+              graph: str) -> list:
     cache = options.cache_dir or str(folder / ".trt_cache")
     trt = ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
                                          "trt_engine_cache_path": cache, "trt_timing_cache_enable": True,
-                                         "trt_timing_cache_path": cache})
+                                         "trt_timing_cache_path": cache,
+                                         **trt_profile_options(manifest, graph)})
     chain = {"TensorrtExecutionProvider": [trt, "CUDAExecutionProvider", CPU],
              "CUDAExecutionProvider": ["CUDAExecutionProvider", CPU], CPU: [CPU]}
     return chain[name]
@@ -163,10 +181,10 @@ def _ort_unavailable(name: str) -> Callable[[Path, ArtifactManifest], str | None
 def _ort_create(name: str):
     def create(folder: Path, manifest: ArtifactManifest, options: BackendOptions):
         ort = _ort()
-        chain = _ep_chain(name, folder, options)
         runners: dict[str, GraphRunner] = {}
         used = name
         for graph in GRAPH_NAMES:
+            chain = _ep_chain(name, folder, options, manifest, graph)
             session = ort.InferenceSession(str(folder / manifest.graphs[graph].file),
                                            sess_options=_session_options(options), providers=chain)
             # ORT falls back to the CPU by itself when an EP's libraries fail to load; report what
