@@ -83,12 +83,16 @@ def _manifest(policy, cfg: ExportConfig, graphs, dims: ModelDims, adapter, files
                         head_dim=dims.head_dim, hidden_size=dims.hidden_size, prefix_lm=adapter.prefix_lm),
         action_tokenizer=policy.action_tokenizer, prompt=policy.prompt,
         image_preprocessing=policy.image_preprocessing, precision=cfg.precision, target=cfg.target,
+        # [Contract] every dataset's statistics travel, so the robot can unnormalize for the
+        # dataset it runs on (`Policy.load(..., unnorm_key=...)`, OpenVLA's unnorm_key).
+        extra={**extra, "dataset_statistics": {name: stats.to_dict() for name, stats in
+                                               policy.dataset_statistics.items()},
+               "default_unnorm_key": policy.default_unnorm_key},
         provenance={"source_checkpoint": str(cfg.checkpoint), "source_sha256": source_sha256,
                     "rt2edge_version": __version__,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "torch": torch.__version__,
                     "transformers": transformers.__version__, "onnx": onnx.__version__,
-                    "onnx_opset": opset},
-        extra=extra)
+                    "onnx_opset": opset})
 
 
 def _initializer_shapes(path: Path) -> list[list[int]]:

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-from rt2edge.actions import ActionTokenizer
-from rt2edge.errors import ArtifactError, Rt2EdgeError
+from rt2edge.actions import ActionStatistics, ActionTokenizer
+from rt2edge.errors import ArtifactError, ConfigError, Rt2EdgeError
 from rt2edge.observation import ImagePreprocessing, PromptFormat
 
 FORMAT = "rt2edge-artifact"
@@ -226,8 +226,18 @@ class ArtifactManifest:
             raise ArtifactError(f"{MANIFEST_FILE}: 'target' must be one of {TARGETS}, got {target!r}")
 
     # ------------------------------------------------------------------------- rt2edge objects
-    def action_tokenizer(self) -> ActionTokenizer:
-        return self._build("action_tokenizer", ActionTokenizer.from_dict, self.action_tokenizer_config)
+    def action_tokenizer(self, unnorm_key: str | None = None) -> ActionTokenizer:
+        """The action tokenizer; with `unnorm_key`, unnormalizing with that dataset's statistics
+        (token ids and bins are shared; only the statistics differ)."""
+        tokenizer = self._build("action_tokenizer", ActionTokenizer.from_dict, self.action_tokenizer_config)
+        if unnorm_key is None or unnorm_key == self.extra.get("default_unnorm_key"):
+            return tokenizer
+        datasets = self.extra.get("dataset_statistics") or {}
+        if not isinstance(unnorm_key, str) or unnorm_key not in datasets:
+            raise ConfigError("unnorm_key", f"unknown dataset {unnorm_key!r}; this artifact has "
+                                            f"statistics for {sorted(datasets) or 'no dataset'}")
+        stats = self._build("dataset_statistics", ActionStatistics.from_dict, datasets[unnorm_key])
+        return dataclasses.replace(tokenizer, statistics=stats)
 
     def prompt_format(self) -> PromptFormat:
         return self._build("prompt", PromptFormat.from_dict, self.prompt_config)

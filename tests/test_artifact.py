@@ -156,3 +156,27 @@ def _flip_byte(path: Path) -> None:
 def _truncate(path: Path) -> None:
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
+
+
+def test_unnorm_key_selects_a_datasets_statistics(tmp_path):
+    import numpy as np
+
+    from rt2edge.actions import ActionStatistics
+    from rt2edge.errors import ConfigError
+    from rt2edge.runtime import Policy
+
+    root, _ = make_artifact(tmp_path / "art")
+    manifest = load_manifest(root)
+    default = manifest.action_tokenizer()
+    wide = ActionStatistics(q01=default.action_low * 10, q99=default.action_high * 10,
+                            min=default.action_low * 10, max=default.action_high * 10)
+    manifest.extra["dataset_statistics"] = {"bridge": wide.to_dict()}
+    write_manifest(root, manifest)
+    other = load_manifest(root).action_tokenizer("bridge")
+    scaled = default.normalize_mask  # unnormalized dims (the gripper) keep their [-1, 1] range
+    np.testing.assert_allclose(other.action_high[scaled], default.action_high[scaled] * 10)
+    np.testing.assert_array_equal(other.token_ids, default.token_ids)
+    policy = Policy.load(root, unnorm_key="bridge", warmup=0)
+    assert np.allclose(policy.action_tokenizer.action_high[scaled], default.action_high[scaled] * 10)
+    with pytest.raises(ConfigError, match="unnorm_key: unknown dataset 'fractal'.*'bridge'"):
+        Policy.load(root, unnorm_key="fractal")

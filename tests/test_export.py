@@ -21,6 +21,7 @@ import export  # noqa: E402
 from export import pipeline  # noqa: E402
 from export.adapters import LlavaVision, adapter_for  # noqa: E402
 from export.reference import OnnxDecodeRunner  # noqa: E402
+from rt2edge.actions import ActionStatistics  # noqa: E402
 from rt2edge.artifact import load_manifest  # noqa: E402
 from rt2edge.errors import ConfigError, ExportValidationError  # noqa: E402
 from rt2edge.models.families import SpecialTokenIds, VLMSize, build_model, get_family  # noqa: E402
@@ -45,19 +46,24 @@ def tokenizer():
     return train_text_tokenizer(default_corpus(), vocab_size=400)
 
 
-def tiny_policy(tokenizer, variant: str) -> VLAPolicy:
+def tiny_policy(tokenizer, variant: str, statistics=None) -> VLAPolicy:
     family, size = VARIANTS[variant]
     tokens = SpecialTokenIds(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
                              tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<image>"))
-    return VLAPolicy.from_model(build_model(get_family(family), size, tokens, seed=0), tokenizer)
+    return VLAPolicy.from_model(build_model(get_family(family), size, tokens, seed=0), tokenizer,
+                                statistics=statistics)
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, tokenizer) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("checkpoints")
     out = {}
+    lo, hi = -0.05 * np.ones(7), 0.05 * np.ones(7)
+    two_datasets = {"sim": ActionStatistics(q01=lo, q99=hi, min=lo, max=hi),
+                    "bridge": ActionStatistics(q01=2 * lo, q99=2 * hi, min=2 * lo, max=2 * hi)}
     for variant in ("llava", "paligemma"):
-        tiny_policy(tokenizer, variant).save_pretrained(root / variant)
+        statistics = two_datasets if variant == "paligemma" else None
+        tiny_policy(tokenizer, variant, statistics=statistics).save_pretrained(root / variant)
         out[variant] = root / variant
     return out
 
@@ -90,6 +96,12 @@ def test_artifact_follows_the_contract(artifacts, variant):
     folder = artifacts[variant]
     manifest = load_manifest(folder, verify=True)
     assert manifest.model.prefix_lm == (variant == "paligemma")
+    datasets = manifest.extra["dataset_statistics"]  # every dataset travels, for unnorm_key
+    assert sorted(datasets) == ([] if variant == "llava" else ["bridge", "sim"])
+    if variant == "paligemma":
+        assert manifest.extra["default_unnorm_key"] == "sim"
+        high = manifest.action_tokenizer("bridge").action_high
+        np.testing.assert_allclose(high[:6], 2 * manifest.action_tokenizer().action_high[:6])
     assert {f.name for f in folder.iterdir()} >= {"manifest.json", "tokenizer.json", "vision.onnx", "embed.onnx",
                                                   "decoder.onnx", "export_report.json", "export_config.json"}
     decoder = manifest.graphs["decoder"]

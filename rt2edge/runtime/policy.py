@@ -39,12 +39,12 @@ class Policy:
 
     def __init__(self, folder: Path, manifest: ArtifactManifest, runners: dict, provider: str,
                  deadline_s: float | None = None, safe_gripper: float | None = None,
-                 text_cache_size: int = 16):
+                 text_cache_size: int = 16, unnorm_key: str | None = None):
         self.folder = folder
         self.manifest = manifest
         self.provider = provider
         self.deadline_s = deadline_s
-        self.action_tokenizer = manifest.action_tokenizer()
+        self.action_tokenizer = manifest.action_tokenizer(unnorm_key)
         self.prompt = manifest.prompt_format()
         self.preprocessing = manifest.image_preprocessing()
         self.guard = ActionGuard(self.action_tokenizer, safe_gripper)
@@ -75,7 +75,7 @@ class Policy:
     def load(cls, artifact_dir: str | Path, providers: Sequence[str] | str | None = None,
              num_threads: int | None = None, deadline_s: float | None = None, *,
              safe_gripper: float | None = None, warmup: int = 1, cache_dir: str | None = None,
-             text_cache_size: int = 16) -> Policy:
+             text_cache_size: int = 16, unnorm_key: str | None = None) -> Policy:
         """Verify the artifact (manifest, sizes, sha256 of every file) and only then open it.
 
         providers: backend names, best first ("tensorrt-engine", "TensorrtExecutionProvider",
@@ -84,6 +84,8 @@ class Policy:
         num_threads: intra-op threads per graph (default: ONNX Runtime's, one per physical core).
         deadline_s: per-`act` latency budget; None disables the deadline.
         safe_gripper: gripper value of the safe action before any action was commanded.
+        unnorm_key: the dataset whose statistics turn bins into real units (OpenVLA's unnorm_key);
+            default: the one the artifact was exported with.
         warmup: `act` calls on a blank image at load, so the first real call is not the slowest
             and the deadline has a latency estimate from the start.
         """
@@ -93,9 +95,11 @@ class Policy:
             raise ConfigError("num_threads", f"must be an int >= 1 or None, got {num_threads!r}")
         folder = Path(artifact_dir)
         manifest = load_manifest(folder, verify=True)  # before any session reads a byte
+        manifest.action_tokenizer(unnorm_key)  # an unknown dataset is refused before any session
         runners, provider = open_graphs(folder, manifest, providers,
                                         BackendOptions(num_threads=num_threads, cache_dir=cache_dir))
-        policy = cls(folder, manifest, runners, provider, deadline_s, safe_gripper, text_cache_size)
+        policy = cls(folder, manifest, runners, provider, deadline_s, safe_gripper, text_cache_size,
+                     unnorm_key)
         if policy.guard.zero_outside_bounds:
             log.warning("rt2edge runtime: dims %s cannot be 0 within their bounds; the safe action "
                         "clips them to the nearest bound", policy.guard.zero_outside_bounds)
