@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from rt2edge.atomic import atomic_write_json
 from rt2edge.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16")
@@ -117,7 +117,7 @@ class ExportConfig:
 
     def write(self, folder: Path) -> Path:
         path = Path(folder) / CONFIG_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(path, self.to_dict())
         return path
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rt2edge.artifact import GRAPH_NAMES, FileSpec, load_manifest, write_manifest
+from rt2edge.atomic import atomic_write_bytes
 from rt2edge.errors import ArtifactError, ExportValidationError, MissingDependencyError
 from rt2edge.optional import require
 
@@ -86,9 +87,7 @@ def build_engine(artifact: str | Path, graphs: Sequence[str] = GRAPH_NAMES,
         data = _build_one(trt, logger, builder, folder / manifest.graphs[name].file, profiles.get(name, {}),
                           int(workspace_gb * (1 << 30)))
         path = folder / f"{name}.engine"
-        tmp = path.with_suffix(".engine.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write_bytes(path, data)
         engines[name] = FileSpec(path.name)
         written[name] = path
     manifest.engines = engines

@@ -20,7 +20,6 @@ model with near-flat logits (random weights) flips on noise; the logit error doe
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -28,6 +27,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from rt2edge.actions import ActionTokenizer
+from rt2edge.atomic import atomic_write_json, atomic_write_text
 from rt2edge.errors import ConfigError, InputError
 from quantize.registry import LogitFn, Observation, TokenFn
 
@@ -73,8 +73,8 @@ class FidelityReport:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
-        json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        md_path.write_text(self.to_markdown(), encoding="utf-8")
+        atomic_write_json(json_path, self.to_dict())
+        atomic_write_text(md_path, self.to_markdown())
         return json_path, md_path
 
 

@@ -23,12 +23,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from rt2edge.actions import ActionStatistics, ActionTokenizer
+from rt2edge.atomic import atomic_write_text
 from rt2edge.errors import ArtifactError, ConfigError, Rt2EdgeError
 from rt2edge.observation import ImagePreprocessing, PromptFormat
 
@@ -418,17 +418,7 @@ def write_manifest(folder: str | os.PathLike, manifest: ArtifactManifest) -> Art
     done.files = {k: _with_hashes(root, v, f"files.{k}") for k, v in manifest.files.items()}
     done.engines = {k: _with_hashes(root, v, f"engines.{k}") for k, v in manifest.engines.items()}
     text = json.dumps(done.to_dict(), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    # Temp file in the same folder, then os.replace: readers see the old manifest or the new one,
-    # never a half-written one, even if the exporter is killed mid-write.
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the runtime may run as another user
-        os.replace(tmp, root / MANIFEST_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Readers see the old manifest or the new one, never a half-written one, even if the exporter
+    # is killed mid-write; 0644 whatever the umask, since the runtime may run as another user.
+    atomic_write_text(root / MANIFEST_FILE, text, mode=0o644)
     return done

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from rt2edge.atomic import atomic_write_json
 from rt2edge.errors import ConfigError
 
 CONFIG_FILENAME = "finetune_config.json"
@@ -102,7 +103,7 @@ class FinetuneConfig:
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / CONFIG_FILENAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(path, self.to_dict())
         return path
 
     @classmethod

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from rt2edge.atomic import atomic_write_text
 from rt2edge.models.checkpoint import METADATA_FILE
 
 STAGING_DIRNAME = ".final-staging"
@@ -80,6 +81,4 @@ def trim_log(path: Path, step: int) -> None:
     rows = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
     if len(kept) != len(rows):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))

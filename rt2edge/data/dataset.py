@@ -17,7 +17,8 @@ import numpy as np
 
 from rt2edge.actions import ActionStatistics
 from rt2edge.data import lerobot
-from rt2edge.data.files import is_temporary, read_jsonl
+from rt2edge.atomic import is_temporary
+from rt2edge.data.files import read_jsonl
 from rt2edge.data.lerobot import DatasetError, pa, pq
 from rt2edge.errors import ConfigError
 

@@ -1,70 +1,10 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash leaves no partial one.
-
-Write to a temporary name in the same folder (same filesystem, so the rename is atomic), flush to
-disk, then `os.replace` onto the final name. Temporary names start with "." and end with ".tmp",
-so readers and resumed runs can recognise and ignore (or delete) leftovers of a crashed run.
-"""
+"""Small file helpers of the dataset code; the atomic writers live in `rt2edge.atomic`."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-TMP_SUFFIX = ".tmp"
-
-
-def is_temporary(path: Path) -> bool:
-    return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)` to produce the file, then move it onto `path` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def atomic_write_jsonl(path: Path, rows: Iterable[Any]) -> None:
-    text = "".join(json.dumps(row, sort_keys=False) + "\n" for row in rows)
-    atomic_write_bytes(path, text.encode())
-
-
-def remove_temporaries(root: Path) -> int:
-    """Delete leftovers of interrupted writes under `root`; returns how many were removed."""
-    removed = 0
-    for path in Path(root).rglob(f".*{TMP_SUFFIX}"):
-        if path.is_file():
-            path.unlink()
-            removed += 1
-    return removed
+from typing import Any
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -19,9 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rt2edge.data import lerobot
-from rt2edge.data.files import (
-    atomic_write, atomic_write_json, atomic_write_jsonl, remove_temporaries,
-)
+from rt2edge.atomic import atomic_write, atomic_write_json, atomic_write_jsonl, remove_temporaries
 from rt2edge.data.lerobot import DATA_PATH, IMAGE_KEY, DatasetError
 from rt2edge.errors import ConfigError
 from rt2edge.sim import ACTION_NAMES, STATE_NAMES, TabletopEnv
