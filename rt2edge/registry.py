@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 from rt2edge.errors import ConfigError
 
 T = TypeVar("T")
+_REQUIRED = object()  # Registry.get without a default raises instead of returning None
 
 
 class Registry(Mapping[str, T], Generic[T]):
@@ -37,12 +38,14 @@ class Registry(Mapping[str, T], Generic[T]):
 
         return decorate
 
-    def get(self, name: str, default: object = None) -> T:  # type: ignore[override]
-        try:
+    def get(self, name: str, default: object = _REQUIRED) -> T:  # type: ignore[override]
+        """The entry called `name`; unknown: `default` if given (as Mapping.get), else ConfigError."""
+        if name in self._items:
             return self._items[name]
-        except KeyError:
-            raise ConfigError(self.field, f"unknown {self.kind} {name!r}; registered: "
-                                          f"{sorted(self._items)}") from None
+        if default is not _REQUIRED:
+            return default  # type: ignore[return-value]
+        raise ConfigError(self.field, f"unknown {self.kind} {name!r}; registered: "
+                                          f"{sorted(self._items)}")
 
     def __getitem__(self, name: str) -> T:
         return self._items[name]

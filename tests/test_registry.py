@@ -32,3 +32,9 @@ def test_stage_packages_import_without_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "AttributeError: module 'export' has no attribute 'nope'" in out.stderr
     assert "torch imported" not in out.stderr
+
+
+def test_registry_get_with_a_default_behaves_like_mapping_get() -> None:
+    reg: Registry[int] = Registry("number", field="n")
+    reg.add("one", 1)
+    assert reg.get("two", None) is None and reg.get("one", 0) == 1

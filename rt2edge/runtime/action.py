@@ -76,6 +76,7 @@ class ActionGuard:
         self.has_terminate = tokenizer.terminate
         self.low = np.asarray(tokenizer.action_low, dtype=np.float64)
         self.high = np.asarray(tokenizer.action_high, dtype=np.float64)
+        self._low32, self._high32 = _float32_bounds_inward(self.low, self.high)  # once, not per act
         names = list(tokenizer.dim_names)
         self.gripper_dim = names.index("gripper") if "gripper" in names else None
         self.default_gripper = 0.0 if safe_gripper is None else float(safe_gripper)
@@ -94,8 +95,7 @@ class ActionGuard:
     def clip(self, values: np.ndarray) -> np.ndarray:
         out = np.asarray(values, dtype=np.float32).copy()
         cont = np.nan_to_num(out[: self.num_dims], nan=0.0)
-        low32, high32 = _float32_bounds_inward(self.low, self.high)
-        out[: self.num_dims] = np.clip(cont, low32, high32)
+        out[: self.num_dims] = np.clip(cont, self._low32, self._high32)
         if self.has_terminate:
             out[self.num_dims] = 1.0 if out[self.num_dims] >= 0.5 else 0.0
         return out

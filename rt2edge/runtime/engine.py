@@ -40,6 +40,7 @@ class TensorRTEngine:
         is_input = [self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT for n in names]
         self.input_names = tuple(n for n, i in zip(names, is_input) if i)
         self.output_names = tuple(n for n, i in zip(names, is_input) if not i)
+        self._output_dtypes = {n: self.trt.nptype(self.engine.get_tensor_dtype(n)) for n in self.output_names}
 
     def _device(self, arr: np.ndarray) -> Any:
         # TensorRT wants a valid address even for an empty tensor (the first step's KV cache).
@@ -58,9 +59,9 @@ class TensorRTEngine:
         shapes = {}
         for name in self.output_names:
             shapes[name] = tuple(self.context.get_tensor_shape(name))
-            dtype = self.trt.nptype(self.engine.get_tensor_dtype(name))
             keep[name] = self.ort.OrtValue.ortvalue_from_shape_and_type(
-                shapes[name] if np.prod(shapes[name]) else (1,), dtype, "cuda", self.device_id)
+                shapes[name] if np.prod(shapes[name]) else (1,), self._output_dtypes[name], "cuda",
+                self.device_id)
             self.context.set_tensor_address(name, keep[name].data_ptr())
         # Stream 0 (the legacy default stream) serializes with the copies OrtValue.numpy() makes.
         if not self.context.execute_async_v3(0):
@@ -79,6 +80,8 @@ def _unavailable(folder: Path, manifest: ArtifactManifest) -> str | None:
         return f"the manifest lists no TensorRT engine for {missing}"
     if not is_available("tensorrt"):
         return "tensorrt is not installed (pip install 'rt2edge[gpu]' and NVIDIA's tensorrt)"
+    if not is_available("onnxruntime"):  # a missing package skips this backend, never crashes load
+        return "onnxruntime-gpu is not installed (it provides the engine's CUDA buffers)"
     ort = require("onnxruntime", extra="gpu")
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return "onnxruntime has no CUDA support (install onnxruntime-gpu) for the engine buffers"
