@@ -22,7 +22,7 @@ from torch.export import Dim
 
 from export.adapters import ExportAdapter
 from export.graphs import DecoderGraph, EmbedGraph, VisionGraph, eager_attention
-from rt2edge.artifact import GraphSpec, TensorSpec
+from rt2edge.artifact import GraphSpec, TensorSpec, cache_names
 
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # protobuf cannot hold more than 2 GiB: bigger graphs keep their weights in "<file>.data".
@@ -63,10 +63,6 @@ def model_dims(model: nn.Module, adapter: ExportAdapter, n_bins: int, num_image_
         vocab_size=int(adapter.language_model(model).embed_tokens.num_embeddings),
         n_bins=int(n_bins),
     )
-
-
-def cache_names(num_layers: int, prefix: str) -> list[str]:
-    return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
 
 
 def graph_io(dims: ModelDims) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from rt2edge.artifact import cache_names
 from rt2edge.optional import require
 
 
@@ -71,8 +72,7 @@ class OnnxDecodeRunner:
         feed = {"inputs_embeds": inputs_embeds.astype(np.float32),
                 "past_length": np.array([past_length], np.int64),
                 "prefix_length": np.array([prefix_length], np.int64)}
-        for i in range(self.num_layers):
-            feed[f"past.{i}.key"], feed[f"past.{i}.value"] = past[2 * i], past[2 * i + 1]
+        feed.update(zip(cache_names(self.num_layers, "past"), past))
         logits, bins, *present = self.sessions["decoder"].run(None, feed)
         return logits, bins, present
 

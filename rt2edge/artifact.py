@@ -146,6 +146,12 @@ class GraphSpec:
         return cls(file, tuple(inputs), tuple(outputs), data.get("sha256"), data.get("bytes"))
 
 
+
+def cache_names(num_layers: int, prefix: str) -> list[str]:
+    """[Contract] KV-cache tensor names of the decoder graph: "{prefix}.{layer}.key|value", with
+    prefix "past" for inputs and "present" for outputs, layer-major."""
+    return [f"{prefix}.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the runtime needs to drive the decoder: KV-cache shapes and the attention layout."""
@@ -339,8 +345,7 @@ class ArtifactManifest:
                         f"{MANIFEST_FILE}: graph '{graph}' {name} has size {tensor.shape[axis]} on axis "
                         f"{axis}, the manifest's configs need {expected}")
         decoder = self.graphs["decoder"]
-        names = ["past_length", "prefix_length"] + [
-            f"past.{i}.{kv}" for i in range(self.model.num_layers) for kv in ("key", "value")]
+        names = ["past_length", "prefix_length"] + cache_names(self.model.num_layers, "past")
         lacking = [n for n in names if decoder.input(n) is None]
         if lacking:
             raise ArtifactError(f"{MANIFEST_FILE}: graph 'decoder' ({decoder.file}) lacks inputs {lacking}")

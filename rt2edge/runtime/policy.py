@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rt2edge.artifact import ArtifactManifest, load_manifest
+from rt2edge.artifact import ArtifactManifest, cache_names, load_manifest
 from rt2edge.errors import ConfigError, InputError
 from rt2edge.observation import validate_images, validate_instruction
 from rt2edge.optional import require
@@ -59,9 +59,8 @@ class Policy:
         self._text_cache_size = text_cache_size
 
         model = manifest.model
-        self._past_names = [f"past.{i}.{kv}" for i in range(model.num_layers) for kv in ("key", "value")]
-        self._outputs = ["action_logits", "action_bin"] + [
-            n.replace("past.", "present.", 1) for n in self._past_names]
+        self._past_names = cache_names(model.num_layers, "past")
+        self._outputs = ["action_logits", "action_bin"] + cache_names(model.num_layers, "present")
         empty = np.zeros((1, model.num_kv_heads, 0, model.head_dim), np.float32)
         self._empty_past = {n: empty for n in self._past_names}
         self._n_decode = self.action_tokenizer.tokens_per_action - 1
