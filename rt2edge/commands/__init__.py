@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import typer
+
+from rt2edge.errors import ConfigError
+
+
+def bad_option(exc: ConfigError, aliases: Mapping[str, str] | None = None) -> typer.BadParameter:
+    """A config error as a usage error on the option that sets the field (`--field-name`, or the
+    command's own name for it in `aliases`)."""
+    option = (aliases or {}).get(exc.field, exc.field.replace("_", "-"))
+    return typer.BadParameter(str(exc), param_hint=f"--{option}")
 
 
 @contextmanager

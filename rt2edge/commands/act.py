@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from rt2edge.commands import user_errors
+
 
 def read_image(path: Path):
     """PNG/JPEG via pillow, or a .npy array (H, W, 3) uint8 / float in [0, 1]."""
@@ -60,17 +62,13 @@ def register(app: typer.Typer) -> None:
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log backend selection."),
     ) -> None:
         """Load an artifact (hash-verified) and print the action for one image + instruction."""
-        from rt2edge.errors import Rt2EdgeError
         from rt2edge.runtime import Policy
 
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                             format="%(levelname)s %(message)s")
-        try:
+        with user_errors():
             policy = Policy.load(artifact, providers=providers, num_threads=threads)
             action = policy.act(read_image(image), instruction)
-        except Rt2EdgeError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=2) from exc
         if as_json:
             typer.echo(json.dumps({"provider": policy.provider, **action.to_dict()}, indent=2))
         else:

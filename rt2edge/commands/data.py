@@ -8,14 +8,10 @@ from typing import Optional
 
 import typer
 
+from rt2edge.commands import bad_option
 from rt2edge.errors import ConfigError
 
 _OPTION_OF_FIELD = {"object_counts": "objects"}
-
-
-def _bad_option(exc: ConfigError) -> typer.BadParameter:
-    option = _OPTION_OF_FIELD.get(exc.field, exc.field.replace("_", "-"))
-    return typer.BadParameter(str(exc), param_hint=f"--{option}")
 
 
 def _ints(text: str, field: str) -> list[int]:
@@ -61,7 +57,7 @@ def register(app: typer.Typer) -> None:
 
             report = run(cfg, progress=progress)
         except ConfigError as exc:
-            raise _bad_option(exc) from exc
+            raise bad_option(exc, _OPTION_OF_FIELD) from exc
         typer.echo(json.dumps(report.to_dict(), indent=2))
 
     @data_app.command("info")

@@ -15,11 +15,8 @@ from typing import Optional
 
 import typer
 
+from rt2edge.commands import bad_option, user_errors
 from rt2edge.errors import ConfigError
-
-
-def _bad_option(exc: ConfigError) -> typer.BadParameter:
-    return typer.BadParameter(str(exc), param_hint=f"--{exc.field.replace('_', '-')}")
 
 
 def register(app: typer.Typer) -> None:
@@ -66,7 +63,7 @@ def register(app: typer.Typer) -> None:
                 resume={None: "auto", True: "require", False: "never"}[resume],
                 max_steps_per_run=max_steps_per_run, progress=progress)
         except ConfigError as exc:
-            raise _bad_option(exc) from exc
+            raise bad_option(exc) from exc
         if threads is not None:
             import torch
 
@@ -74,7 +71,7 @@ def register(app: typer.Typer) -> None:
         try:
             result = run(cfg)
         except ConfigError as exc:  # e.g. a resume whose settings differ from the checkpoint's
-            raise _bad_option(exc) from exc
+            raise bad_option(exc) from exc
         typer.echo(json.dumps({k: v for k, v in vars(result).items()}, indent=2))
         if not result.completed:
             typer.echo(f"stopped at step {result.step}/{cfg.steps}; run the same command to resume",
@@ -88,12 +85,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Turn a saved training step into a checkpoint (for `rt2edge eval` while training runs)."""
         from distill.finetune.snapshot import snapshot
-        from rt2edge.errors import Rt2EdgeError
 
-        try:
+        with user_errors():
             typer.echo(f"checkpoint: {snapshot(run_dir, out, step)}")
-        except Rt2EdgeError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=2) from exc
 
     app.add_typer(distill_app, name="distill")

@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from rt2edge.commands import bad_option, user_errors
+
 SPLIT_CHOICES = {"train": ("train",), "heldout": ("heldout",), "both": ("train", "heldout")}
 
 
@@ -31,7 +33,7 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
     ) -> None:
         """Run a policy in TabletopEnv; print success per task family for seen and held-out instructions."""
-        from rt2edge.errors import ConfigError, Rt2EdgeError
+        from rt2edge.errors import ConfigError
         from rt2edge.evaluation import evaluate, load_policy, save_rollout
 
         if split not in SPLIT_CHOICES:
@@ -40,16 +42,14 @@ def register(app: typer.Typer) -> None:
             import torch
 
             torch.set_num_threads(threads)
-        try:
-            policy = load_policy(policy_path, providers=providers)
-            result = evaluate(policy, episodes=episodes, seed=seed, splits=SPLIT_CHOICES[split],
-                              families=None if families is None else [f.strip() for f in families.split(",")],
-                              num_envs=num_envs, max_steps=max_steps, record=gif is not None)
-        except ConfigError as exc:
-            raise typer.BadParameter(str(exc), param_hint=f"--{exc.field.replace('_', '-')}") from exc
-        except Rt2EdgeError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=2) from exc
+        with user_errors():  # a ConfigError is a usage error of an option; other typed errors exit 2
+            try:
+                policy = load_policy(policy_path, providers=providers)
+                result = evaluate(policy, episodes=episodes, seed=seed, splits=SPLIT_CHOICES[split],
+                                  families=None if families is None else [f.strip() for f in families.split(",")],
+                                  num_envs=num_envs, max_steps=max_steps, record=gif is not None)
+            except ConfigError as exc:
+                raise bad_option(exc) from exc
         typer.echo(result.format_table())
         if json_out is not None:
             typer.echo(f"results: {result.save_json(json_out)}")

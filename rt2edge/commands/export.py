@@ -12,12 +12,8 @@ from pathlib import Path
 
 import typer
 
-from rt2edge.commands import user_errors
+from rt2edge.commands import bad_option, user_errors
 from rt2edge.errors import ConfigError
-
-
-def _bad_option(exc: ConfigError) -> typer.BadParameter:
-    return typer.BadParameter(str(exc), param_hint=f"--{exc.field.replace('_', '-')}")
 
 
 def _summary(out: Path) -> dict:
@@ -62,7 +58,7 @@ def register(app: typer.Typer) -> None:
                                build_engine=build_engine, max_batch=max_batch,
                                max_prompt_tokens=max_prompt_tokens)
         except ConfigError as exc:
-            raise _bad_option(exc) from exc
+            raise bad_option(exc) from exc
         with user_errors():
             typer.echo(json.dumps(_summary(run(cfg)), indent=2))
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from rt2edge.commands import user_errors
+
 
 def _millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
@@ -80,13 +82,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
     ) -> None:
         """Show a checkpoint's family, parameter counts, vocabulary and action config."""
-        from rt2edge.errors import Rt2EdgeError
-
-        try:
+        with user_errors():
             described = describe_checkpoint(checkpoint)
-        except Rt2EdgeError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code=2) from exc
         if as_json:
             typer.echo(json.dumps(described, indent=2))
         else:
