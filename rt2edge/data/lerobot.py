@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rt2edge.actions import ActionStatistics
 from rt2edge.errors import DatasetError
 from rt2edge.optional import require
 
@@ -143,15 +144,9 @@ def read_episode_record(path) -> dict[str, Any]:
 
 
 def vector_stats(values: np.ndarray) -> dict[str, list[float]]:
-    """min/max/mean/std/q01/q99/count of an (N, D) array, per dim."""
+    """min/max/mean/std/q01/q99/count of an (N, D) array, per dim (the tokenizer's statistics)."""
     arr = np.asarray(values, dtype=np.float64)
-    return {
-        "min": arr.min(0).tolist(), "max": arr.max(0).tolist(),
-        "mean": arr.mean(0).tolist(), "std": arr.std(0).tolist(),
-        "q01": np.quantile(arr, 0.01, axis=0).tolist(),
-        "q99": np.quantile(arr, 0.99, axis=0).tolist(),
-        "count": [int(arr.shape[0])],
-    }
+    return {**ActionStatistics.from_actions(arr).to_dict(), "count": [int(arr.shape[0])]}
 
 
 def image_moments(images: np.ndarray) -> dict[str, list]:
