@@ -27,6 +27,7 @@ import numpy as np
 
 from rt2edge.errors import ConfigError
 from rt2edge.optional import require
+from rt2edge.registry import Registry
 
 
 @dataclass
@@ -44,23 +45,22 @@ class StepResult:
     timing: dict[str, float]
 
 
-BACKENDS: dict[str, Callable[..., PolicyBackend]] = {}
+BACKENDS: Registry[Callable[..., PolicyBackend]] = Registry("backend", field="backend")
 
 
 def register_backend(name: str):
     def wrap(factory: Callable[..., PolicyBackend]) -> Callable[..., PolicyBackend]:
-        BACKENDS[name] = factory
+        BACKENDS.add(name, factory)
         return factory
     return wrap
 
 
 def make_backend(name: str, source: Any, num_threads: int = 1, **options: Any) -> PolicyBackend:
     """source: an artifact folder (runtime), or a VLAPolicy / checkpoint folder (eager, hf-generate)."""
-    if name not in BACKENDS:
-        raise ConfigError("backend", f"unknown backend {name!r}; registered: {sorted(BACKENDS)}")
+    factory = BACKENDS.get(name)
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ConfigError("num_threads", f"must be an int >= 1, got {num_threads!r}")
-    return BACKENDS[name](source, num_threads=num_threads, **options)
+    return factory(source, num_threads=num_threads, **options)
 
 
 @register_backend("runtime")
