@@ -41,12 +41,12 @@ def _on_reference(scene: Scene, task: Task) -> np.ndarray:
 
 
 def _mat_centre(scene: Scene, task: Task) -> np.ndarray:
-    mat = next(m for m in scene.mats if m.colour == task.mat_colour)
+    mat = scene.mat(task.mat_colour)
     return np.array([mat.x, mat.y])
 
 
 def _flag_centre(scene: Scene, task: Task) -> np.ndarray:
-    flag = next(f for f in scene.flags if f.country == task.country)
+    flag = scene.flag(task.country)
     return np.array([flag.x, flag.y])
 
 

@@ -63,13 +63,13 @@ def _on(scene: Scene, task: Task) -> bool:
 
 def _on_mat(scene: Scene, task: Task) -> bool:
     obj = scene.objects[task.target]
-    mat = next(m for m in scene.mats if m.colour == task.mat_colour)
+    mat = scene.mat(task.mat_colour)
     return _resting(scene, task.target) and mat.contains(obj.x, obj.y)
 
 
 def _on_flag(scene: Scene, task: Task) -> bool:
     obj = scene.objects[task.target]
-    flag = next(f for f in scene.flags if f.country == task.country)
+    flag = scene.flag(task.country)
     return _resting(scene, task.target) and flag.contains(obj.x, obj.y)
 
 

@@ -90,24 +90,31 @@ class SimObject:
         return self.z + self.height
 
 
+class _TableRegion:
+    """A rectangle drawn on the table, centred at (x, y) with half-extents `HALF` (x, y)."""
+
+    HALF: tuple[float, float]
+    x: float
+    y: float
+
+    def contains(self, x: float, y: float) -> bool:
+        return abs(x - self.x) <= self.HALF[0] and abs(y - self.y) <= self.HALF[1]
+
+
 @dataclass(frozen=True)
-class Mat:
+class Mat(_TableRegion):
+    HALF = (MAT_HALF, MAT_HALF)
     colour: str
     x: float
     y: float
 
-    def contains(self, x: float, y: float) -> bool:
-        return abs(x - self.x) <= MAT_HALF and abs(y - self.y) <= MAT_HALF
-
 
 @dataclass(frozen=True)
-class Flag:
+class Flag(_TableRegion):
+    HALF = FLAG_HALF
     country: str
     x: float
     y: float
-
-    def contains(self, x: float, y: float) -> bool:
-        return abs(x - self.x) <= FLAG_HALF[0] and abs(y - self.y) <= FLAG_HALF[1]
 
 
 @dataclass
@@ -129,6 +136,12 @@ class Scene:
         """[ee x, ee y, ee z, gripper closed (0/1), holding (0/1)] as float32."""
         return np.array([*self.ee, float(self.gripper_closed), float(self.held is not None)],
                         dtype=np.float32)
+
+    def mat(self, colour: str) -> Mat:
+        return next(m for m in self.mats if m.colour == colour)
+
+    def flag(self, country: str) -> Flag:
+        return next(f for f in self.flags if f.country == country)
 
     def distance_xy(self, i: int, j: int) -> float:
         a, b = self.objects[i], self.objects[j]
