@@ -50,3 +50,27 @@ def test_expert_recovers_from_a_wrong_grasp():
             break
     assert terminated and info["success"]
 
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_expert_moves_on_the_half_step_grid(family):
+    """Every translation the expert emits is 0, +-max_step/2 or +-max_step (5 readable classes),
+    also after a perturbed move has left the gripper off the grid."""
+    import numpy as np
+
+    env = TabletopEnv(families=[family])
+    rng = np.random.default_rng(0)
+    seen = set()
+    for seed in range(5):
+        env.reset(seed=seed)
+        for _ in range(30):
+            action = env.expert_action()
+            seen.update(np.round(action[:3] / (env.max_step / 2), 6).tolist())
+            executed = action.copy()
+            executed[:3] *= 1 + 0.3 * rng.standard_normal(3)  # DART-style noise, as in data generation
+            _, _, terminated, truncated, _ = env.step(np.clip(executed, env.action_space.low,
+                                                              env.action_space.high))
+            if terminated or truncated:
+                break
+    assert seen <= {-2.0, -1.0, 0.0, 1.0, 2.0}
+    assert {-2.0, 0.0, 2.0} <= seen
