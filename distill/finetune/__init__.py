@@ -7,6 +7,10 @@ CLI: `rt2edge distill finetune --data DATA --preset teacher --out CKPT` (or `acc
 rt2edge.cli distill finetune ...` on several GPUs). The run folder `out` ends up holding the final
 checkpoint (VLAPolicy.from_pretrained(out)), finetune_config.json, train_log.jsonl and
 training_state/ (resumable checkpoints).
+
+The co-training machinery here (TrainingConfig, the robot/VQA mixture, the accelerate loop in
+loop.py, checkpointing, graceful stop) is shared with knowledge distillation (distill.kd), which
+only adds its student, its data source (a teacher cache) and its loss.
 """
 
 from __future__ import annotations

@@ -1,18 +1,20 @@
-"""FinetuneConfig: every setting of an RT-2 co-fine-tuning run, validated where it is made.
+"""Run configs of the distill stage's trainings, validated where they are made.
 
-The config is written as `finetune_config.json` next to the checkpoint, and a resumed run compares
-the settings that shape the result against the saved ones (`RESULT_FIELDS`), so a resume can never
-silently continue a different experiment.
+`TrainingConfig` holds what every co-training run shares (optimization, the robot/VQA mixture,
+checkpointing, resume); `FinetuneConfig` (RT-2 co-fine-tuning) and `distill.kd.DistillConfig`
+(knowledge distillation) add their own inputs. A config is written as JSON next to the checkpoint,
+and a resumed run compares the settings that shape the result against the saved ones (everything
+but `RUN_ONLY_FIELDS`), so a resume can never silently continue a different experiment.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
+from distill.checks import existing_dir, finite, one_of, positive_int, required
 from rt2edge.atomic import atomic_write_json
 from rt2edge.errors import ConfigError
 
@@ -20,27 +22,22 @@ CONFIG_FILENAME = "finetune_config.json"
 MIXED_PRECISION = ("no", "bf16", "fp16")
 RESUME_MODES = ("auto", "never", "require")
 
-# Fields that do not change the trained weights: they may differ between a run and its resume.
-_RUN_ONLY_FIELDS = frozenset(
-    {"out", "resume", "max_steps_per_run", "progress", "log_every", "checkpoint_every",
-     "keep_checkpoints"}
-)
 
+@dataclass(kw_only=True)
+class TrainingConfig:
+    """The settings of a resumable co-training run on `accelerate`.
 
-@dataclass
-class FinetuneConfig:
-    """RT-2 co-fine-tuning of a VLAPolicy on robot frames mixed with VQA samples.
-
-    Exactly one of `preset` (a fresh model from `rt2edge.models.build_preset`, its action tokenizer
-    built with the dataset's statistics) or `init` (a checkpoint folder to continue from) is set.
     `batch_size` is the *global* batch: under `accelerate launch` it is split across processes, so
     the same config gives the same optimization on 1 or 64 GPUs.
     """
 
-    data: str
+    CONFIG_FILENAME: ClassVar[str] = "training_config.json"
+    # Fields that do not change the trained weights: they may differ between a run and its resume.
+    RUN_ONLY_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"out", "resume", "max_steps_per_run", "progress", "log_every", "checkpoint_every",
+         "keep_checkpoints"})
+
     out: str
-    preset: str | None = "teacher"
-    init: str | None = None
     steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-4
@@ -61,35 +58,23 @@ class FinetuneConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not self.data:
-            raise ConfigError("data", "is required (a dataset folder from `rt2edge data generate`)")
-        if not self.out:
-            raise ConfigError("out", "is required (the checkpoint folder to write)")
-        if (self.preset is None) == (self.init is None):
-            raise ConfigError("preset", "set exactly one of `preset` (fresh model) or `init` (checkpoint)")
-        if self.init is not None and not Path(self.init).is_dir():
-            raise ConfigError("init", f"checkpoint folder {self.init!r} does not exist")
-        _positive_int("steps", self.steps)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("vqa_pool_size", self.vqa_pool_size)
-        _positive_int("checkpoint_every", self.checkpoint_every)
-        _positive_int("keep_checkpoints", self.keep_checkpoints)
-        _positive_int("log_every", self.log_every)
+        required("out", self.out, "the checkpoint folder to write")
+        for name in ("steps", "batch_size", "vqa_pool_size", "checkpoint_every", "keep_checkpoints",
+                     "log_every"):
+            positive_int(name, getattr(self, name))
         if self.max_steps_per_run is not None:
-            _positive_int("max_steps_per_run", self.max_steps_per_run)
-        _finite("lr", self.lr, low=0.0, low_open=True)
-        _finite("weight_decay", self.weight_decay, low=0.0)
-        _finite("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
-        _finite("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True)
-        _finite("vqa_ratio", self.vqa_ratio, low=0.0, high=1.0)
+            positive_int("max_steps_per_run", self.max_steps_per_run)
+        finite("lr", self.lr, low=0.0, low_open=True)
+        finite("weight_decay", self.weight_decay, low=0.0)
+        finite("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
+        finite("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True)
+        finite("vqa_ratio", self.vqa_ratio, low=0.0, high=1.0)
         if self.vqa_ratio == 1.0:
             raise ConfigError("vqa_ratio", "must be < 1: a batch of only VQA never trains actions")
         if self.warmup_steps is not None and not (0 <= self.warmup_steps < self.steps):
             raise ConfigError("warmup_steps", f"must be in [0, steps={self.steps}), got {self.warmup_steps}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ConfigError("mixed_precision", f"must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        if self.resume not in RESUME_MODES:
-            raise ConfigError("resume", f"must be one of {RESUME_MODES}, got {self.resume!r}")
+        one_of("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        one_of("resume", self.resume, RESUME_MODES)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError("seed", f"must be a non-negative int, got {self.seed!r}")
 
@@ -102,26 +87,26 @@ class FinetuneConfig:
         return asdict(self)
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / CONFIG_FILENAME
+        path = Path(folder) / self.CONFIG_FILENAME
         atomic_write_json(path, self.to_dict())
         return path
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
+    def from_dict(cls, data: Mapping[str, Any]):
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(unknown[0], f"is not a FinetuneConfig field (known: {sorted(known)})")
+            raise ConfigError(unknown[0], f"is not a {cls.__name__} field (known: {sorted(known)})")
         return cls(**dict(data))
 
     @classmethod
-    def load(cls, folder: str | Path) -> FinetuneConfig:
-        return cls.from_dict(json.loads((Path(folder) / CONFIG_FILENAME).read_text()))
+    def load(cls, folder: str | Path):
+        return cls.from_dict(json.loads((Path(folder) / cls.CONFIG_FILENAME).read_text()))
 
     def check_resumable_from(self, saved: Mapping[str, Any]) -> None:
         """Raise ConfigError naming the first result-shaping field that differs from `saved`."""
         for name, value in self.to_dict().items():
-            if name in _RUN_ONLY_FIELDS or name not in saved:
+            if name in self.RUN_ONLY_FIELDS or name not in saved:
                 continue
             if saved[name] != value:
                 raise ConfigError(
@@ -131,16 +116,24 @@ class FinetuneConfig:
                 )
 
 
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(name, f"must be an int >= 1, got {value!r}")
+@dataclass(kw_only=True)
+class FinetuneConfig(TrainingConfig):
+    """RT-2 co-fine-tuning of a VLAPolicy on robot frames mixed with VQA samples.
 
+    Exactly one of `preset` (a fresh model from `rt2edge.models.build_preset`, its action tokenizer
+    built with the dataset's statistics) or `init` (a checkpoint folder to continue from) is set.
+    """
 
-def _finite(name: str, value: Any, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number, got {value!r}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ConfigError(name, f"must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ConfigError(name, f"must be <= {high}, got {value}")
+    CONFIG_FILENAME: ClassVar[str] = CONFIG_FILENAME
+
+    data: str
+    preset: str | None = "teacher"
+    init: str | None = None
+
+    def __post_init__(self) -> None:
+        required("data", self.data, "a dataset folder from `rt2edge data generate`")
+        super().__post_init__()
+        if (self.preset is None) == (self.init is None):
+            raise ConfigError("preset", "set exactly one of `preset` (fresh model) or `init` (checkpoint)")
+        if self.init is not None:
+            existing_dir("init", self.init, "checkpoint folder")

@@ -47,6 +47,7 @@ class RawItem:
     text: str  # instruction (robot) or question (VQA)
     action: np.ndarray | None  # robot: (action_dim,) real units
     answer: str | None  # VQA
+    index: int = -1  # position in its source: KD looks up a robot frame's teacher targets by it
 
 
 class CoTrainingDataset:
@@ -66,7 +67,7 @@ class CoTrainingDataset:
             action, answer = None, self.vqa.answers[item.index]
         if self.augmentation is not None:
             image = self.augmentation(image, item.aug_seed)
-        return RawItem(item.source != ROBOT, np.ascontiguousarray(image), text, action, answer)
+        return RawItem(item.source != ROBOT, np.ascontiguousarray(image), text, action, answer, item.index)
 
 
 def collate_raw(items: Sequence[RawItem]) -> list[RawItem]:

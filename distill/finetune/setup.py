@@ -8,12 +8,12 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from distill.finetune import checkpointing, losses
-from distill.finetune.config import CONFIG_FILENAME, FinetuneConfig
+from distill.finetune.config import FinetuneConfig, TrainingConfig
 from distill.finetune.data import RawItem
 from rt2edge.errors import ConfigError
 
@@ -28,7 +28,7 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(torch: Any, model: Any, cfg: FinetuneConfig) -> Any:
+def make_optimizer(torch: Any, model: Any, cfg: TrainingConfig) -> Any:
     # No weight decay on biases, norms and other vectors (the usual transformer recipe).
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -84,8 +84,9 @@ def reset_accelerate_state_if_single_process() -> None:
     GradientState._reset_state()
 
 
-def freeze_unused_parameters(policy: Any, items: list[RawItem]) -> list[str]:
-    """Stop training parameters that no loss reaches, and return their names.
+def freeze_unreached_parameters(module: Any, probe: Callable[[], Any]) -> list[str]:
+    """Stop training the parameters of `module` that `probe()`'s output does not depend on, and
+    return their names.
 
     E.g. LLaVA reads the vision tower's last hidden state *before* SigLIP's post-layernorm, so
     that norm never gets a gradient. DDP refuses such parameters (or needs the slower
@@ -94,29 +95,39 @@ def freeze_unused_parameters(policy: Any, items: list[RawItem]) -> list[str]:
     """
     import torch
 
-    model = policy.model
     with torch.random.fork_rng(devices=[]):
-        batch, _ = model_batch(policy, items)
-        inputs = policy.model_inputs(batch)
-        labels = inputs.pop("labels")
-        logits = model(**inputs, use_cache=False).logits
-        # every logit row, not only the labelled ones: a parameter is "used" if any output needs it
-        (logits.float().mean() + 0.0 * labels.sum()).backward()
-    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    for name, p in model.named_parameters():
+        probe().float().sum().backward()
+    unused = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    for name, p in module.named_parameters():
         p.grad = None
         if name in unused:
             p.requires_grad_(False)
     return unused
 
 
-def resume_point(cfg: FinetuneConfig, out: Path) -> Path | None:
+def full_head_probe(policy: Any, items: list[RawItem]) -> Any:
+    """A co-fine-tuning probe output: the full LM head on a mixed batch."""
+    batch, _ = model_batch(policy, items)
+    inputs = policy.model_inputs(batch)
+    labels = inputs.pop("labels")
+    logits = policy.model(**inputs, use_cache=False).logits
+    # every logit row, not only the labelled ones: a parameter is "used" if any output needs it
+    return logits.float().mean() + 0.0 * labels.sum()
+
+
+def freeze_unused_parameters(policy: Any, items: list[RawItem]) -> list[str]:
+    """`freeze_unreached_parameters` of the policy's model under co-fine-tuning."""
+    return freeze_unreached_parameters(policy.model, lambda: full_head_probe(policy, items))
+
+
+def resume_point(cfg: TrainingConfig, out: Path) -> Path | None:
     found = checkpointing.latest_checkpoint(out)
     if found is not None and cfg.resume == "never":
         raise ConfigError("resume", f"{out} already holds training checkpoints ({found.name}); "
                                     "resume it (--resume) or choose another --out")
     if found is None and cfg.resume == "require":
         raise ConfigError("resume", f"no training checkpoint to resume in {out}")
-    if found is not None and (out / CONFIG_FILENAME).is_file():
-        cfg.check_resumable_from(json.loads((out / CONFIG_FILENAME).read_text()))
+    saved = out / cfg.CONFIG_FILENAME
+    if found is not None and saved.is_file():
+        cfg.check_resumable_from(json.loads(saved.read_text()))
     return found

@@ -207,6 +207,9 @@ class EpisodeDataset:
         )
 
     def _image(self, row: int) -> np.ndarray:
+        return lerobot.decode_image(self._encoded(row), self._store.image_key)
+
+    def _encoded(self, row: int) -> bytes:
         item = self._store.images[row].as_py()
         data = item.get("bytes")
         if data is None:  # LeRobot while recording: images beside the parquet files
@@ -214,7 +217,11 @@ class EpisodeDataset:
             if not path or not (self._store.root / path).exists():
                 raise DatasetError(self._store.image_key, f"frame {row} has neither bytes nor a file")
             data = (self._store.root / path).read_bytes()
-        return lerobot.decode_image(data, self._store.image_key)
+        return data
+
+    def encoded_image(self, i: int) -> bytes:
+        """Frame i's image as stored (PNG bytes), not decoded: what a content fingerprint hashes."""
+        return self._encoded(int(self._rows[int(i)]))
 
     def instruction(self, i: int) -> str:
         return self._store.tasks[int(self._store.task_index[self._rows[i]])]

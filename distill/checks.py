@@ -1,0 +1,43 @@
+"""Field validators shared by the distill stage's configs (finetune, teacher cache, KD).
+
+Each raises ConfigError naming the field, so a bad CLI option or JSON value is reported as
+"--field: must be ..." instead of failing deep inside a run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from rt2edge.errors import ConfigError
+
+
+def positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(name, f"must be an int >= 1, got {value!r}")
+
+
+def finite(name: str, value: Any, low: float | None = None, high: float | None = None,
+           low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ConfigError(name, f"must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(name, f"must be <= {high}, got {value}")
+
+
+def one_of(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {tuple(choices)}, got {value!r}")
+
+
+def required(name: str, value: Any, what: str) -> None:
+    if not value:
+        raise ConfigError(name, f"is required ({what})")
+
+
+def existing_dir(name: str, value: str, what: str) -> None:
+    if not Path(value).is_dir():
+        raise ConfigError(name, f"{what} {value!r} does not exist")
