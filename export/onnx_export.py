@@ -135,14 +135,17 @@ def build_wrappers(model: nn.Module, adapter: ExportAdapter, token_ids: Sequence
 
 
 def export_graph(name: str, module: nn.Module, dims: ModelDims, folder: Path, opset: int,
-                 precision: str, text_config) -> ExportedGraph:
+                 precision: str, text_config, io: tuple[list[TensorSpec], list[TensorSpec]] | None = None,
+                 example: tuple[tuple[Any, ...], Any] | None = None) -> ExportedGraph:
     """Export one wrapper to `folder/<name>.onnx`. fp16 exports a half copy, so the caller's
-    fp32 model (the validation reference) is never touched."""
-    inputs, outputs = graph_io(dims)[name]
+    fp32 model (the validation reference) is never touched. io / example: the graph's IO specs and
+    example inputs + dynamic shapes when they are not `graph_io` / `_example_inputs`' (another
+    decoder, export/parallel_graph.py)."""
+    inputs, outputs = io or graph_io(dims)[name]
     if precision != "fp32":
         module = copy.deepcopy(module).to(PRECISION_DTYPES[precision])
     module.eval()
-    args, shapes = _example_inputs(name, dims)
+    args, shapes = example or _example_inputs(name, dims)
     with torch.no_grad(), eager_attention(text_config), _quiet_exporter():
         program = torch.onnx.export(
             module, args, None, dynamo=True, opset_version=opset, optimize=True, verbose=False,

@@ -28,6 +28,8 @@ from export.adapters import adapter_for
 from export.config import ExportConfig
 from export.head_savings import OPENVLA_7B, DecoderShape, head_savings
 from export.onnx_export import ModelDims, export_graphs, model_dims
+from export.parallel_graph import export_parallel_graphs
+from export.parallel_validate import validate_parallel_artifact
 from export.targets import get_target, optimization_profiles
 from export.validate import Observation, check_observations, random_observations, validate_artifact
 from rt2edge import __version__
@@ -67,11 +69,14 @@ def profile_sizes(policy, cfg: ExportConfig) -> dict[str, tuple[int, int, int]]:
     max_prompt = cfg.max_prompt_tokens or longest
     steps = policy.action_tokenizer.tokens_per_action
     text = max(1, max_prompt - prompt.num_image_tokens)
-    return {"batch": (1, 1, cfg.max_batch),
-            "seq": (1, 1, max_prompt),
-            "past": (0, max_prompt, max_prompt + steps - 1),
-            # embed also runs once on all n_bins action ids (the runtime's per-bin cache)
-            "embed.seq": (1, text, max(max_prompt, policy.action_tokenizer.n_bins))}
+    sizes = {"batch": (1, 1, cfg.max_batch),
+             "seq": (1, 1, max_prompt),
+             "past": (0, max_prompt, max_prompt + steps - 1),
+             # embed also runs once on all n_bins action ids (the runtime's per-bin cache)
+             "embed.seq": (1, text, max(max_prompt, policy.action_tokenizer.n_bins))}
+    if policy.decoding == "parallel":  # its only decoder run takes the whole prompt
+        sizes["decoder.seq"] = (1, max_prompt, max_prompt)
+    return sizes
 
 
 def _manifest(policy, cfg: ExportConfig, graphs, dims: ModelDims, adapter, files: dict[str, FileSpec],
@@ -83,6 +88,7 @@ def _manifest(policy, cfg: ExportConfig, graphs, dims: ModelDims, adapter, files
                         head_dim=dims.head_dim, hidden_size=dims.hidden_size, prefix_lm=adapter.prefix_lm),
         action_tokenizer=policy.action_tokenizer, prompt=policy.prompt,
         image_preprocessing=policy.image_preprocessing, precision=cfg.precision, target=cfg.target,
+        decoding=policy.decoding,  # parallel: format_version 2, which version-1 runtimes refuse
         # [Contract] every dataset's statistics travel, so the robot can unnormalize for the
         # dataset it runs on (`Policy.load(..., unnorm_key=...)`, OpenVLA's unnorm_key).
         extra={**extra, "dataset_statistics": {name: stats.to_dict() for name, stats in
@@ -133,8 +139,12 @@ def run(cfg: ExportConfig, observations: Iterable[Observation] | None = None) ->
 
     with atomic_directory(cfg.out) as tmp:
         t = time.perf_counter()
-        exported = export_graphs(policy.model, adapter, tokenizer.token_ids.tolist(), dims, tmp,
-                                 cfg.opset, cfg.precision)
+        if policy.decoding == "parallel":
+            exported = export_parallel_graphs(policy.model, adapter, tokenizer.token_ids.tolist(),
+                                              policy.slots.slot_token_ids, dims, tmp, cfg.opset, cfg.precision)
+        else:
+            exported = export_graphs(policy.model, adapter, tokenizer.token_ids.tolist(), dims, tmp,
+                                     cfg.opset, cfg.precision)
         timings["export_s"] = time.perf_counter() - t
         graphs = {name: e.spec for name, e in exported.items()}
         check_no_full_vocab_head(tmp, dims)
@@ -149,9 +159,10 @@ def run(cfg: ExportConfig, observations: Iterable[Observation] | None = None) ->
 
         t = time.perf_counter()
         log.info("rt2edge export: validating on %d observations", len(frames))
-        validation = validate_artifact(policy, tmp, ModelSpec(policy.family, dims.num_layers, dims.num_kv_heads,
-                                                              dims.head_dim, dims.hidden_size, adapter.prefix_lm),
-                                       frames, cfg.precision, cfg.tolerance)
+        validate = validate_parallel_artifact if policy.decoding == "parallel" else validate_artifact
+        validation = validate(policy, tmp, ModelSpec(policy.family, dims.num_layers, dims.num_kv_heads,
+                                                     dims.head_dim, dims.hidden_size, adapter.prefix_lm),
+                              frames, cfg.precision, cfg.tolerance)
         timings["validate_s"] = time.perf_counter() - t
         text_config = adapter.text_config(policy.model)
         shape = DecoderShape.from_text_config(cfg.checkpoint.name or "checkpoint", text_config,

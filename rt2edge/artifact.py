@@ -33,7 +33,12 @@ from rt2edge.errors import ArtifactError, ConfigError, Rt2EdgeError
 from rt2edge.observation import ImagePreprocessing, PromptFormat
 
 FORMAT = "rt2edge-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this reader reads
+# [Contract] how the decoder graph yields an action, and the first format version that has it. A
+# manifest is written with the lowest version that describes it: autoregressive artifacts stay
+# version 1 (readable by every runtime), a version-1 runtime refuses a parallel one by its version.
+DECODING_VERSIONS = {"autoregressive": 1, "parallel": 2}
+DECODINGS = tuple(DECODING_VERSIONS)
 MANIFEST_FILE = "manifest.json"
 GRAPH_NAMES = ("vision", "embed", "decoder")
 TARGETS = ("onnx", "tensorrt")
@@ -201,7 +206,9 @@ class ArtifactManifest:
     # TensorRT engines built on the target device, keyed by graph name; hashed like the graphs.
     engines: dict[str, FileSpec] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
+    # "autoregressive": one decoder run per action token (KV cache); "parallel": one run per action.
+    decoding: str = "autoregressive"
     # Keys this reader does not know are kept so that a read-modify-write does not drop them.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -210,7 +217,8 @@ class ArtifactManifest:
                  precision: str = "fp32", target: str = "onnx",
                  engines: Mapping[str, FileSpec] | None = None,
                  provenance: Mapping[str, Any] | None = None,
-                 format_version: int = FORMAT_VERSION, extra: Mapping[str, Any] | None = None):
+                 format_version: int | None = None, extra: Mapping[str, Any] | None = None,
+                 decoding: str = "autoregressive"):
         self.graphs = dict(graphs)
         self.files = dict(files)
         self.model = model
@@ -221,7 +229,14 @@ class ArtifactManifest:
         self.target = target
         self.engines = dict(engines or {})
         self.provenance = dict(provenance or {})
-        self.format_version = format_version
+        if decoding not in DECODING_VERSIONS:
+            raise ArtifactError(f"{MANIFEST_FILE}: 'decoding' must be one of {DECODINGS}, got {decoding!r}")
+        self.decoding = decoding
+        needed = DECODING_VERSIONS[decoding]
+        self.format_version = needed if format_version is None else format_version
+        if self.format_version < needed:
+            raise ArtifactError(f"{MANIFEST_FILE}: 'decoding' {decoding!r} needs format_version >= {needed} "
+                                f"(older runtimes must refuse it), got {self.format_version}")
         self.extra = dict(extra or {})
         missing = [g for g in GRAPH_NAMES if g not in self.graphs]
         if missing:
@@ -271,6 +286,7 @@ class ArtifactManifest:
         return {
             "format": FORMAT,
             "format_version": self.format_version,
+            "decoding": self.decoding,
             "precision": self.precision,
             "target": self.target,
             "graphs": {k: v.to_dict() for k, v in self.graphs.items()},
@@ -302,7 +318,10 @@ class ArtifactManifest:
         files = _require(data, "files", "manifest")
         engines = data.get("engines") or {}
         known = {"format", "format_version", "precision", "target", "graphs", "files", "engines",
-                 "model", "action_tokenizer", "prompt", "image_preprocessing", "provenance"}
+                 "model", "action_tokenizer", "prompt", "image_preprocessing", "provenance", "decoding"}
+        decoding = data.get("decoding", "autoregressive")  # version-1 manifests have no such key
+        if not isinstance(decoding, str):
+            raise ArtifactError(f"{MANIFEST_FILE}: 'decoding' must be a string, got {decoding!r}")
         return cls(
             graphs={k: GraphSpec.from_dict(v, f"graphs.{k}") for k, v in dict(graphs).items()},
             files={k: FileSpec.from_dict(v, f"files.{k}") for k, v in dict(files).items()},
@@ -316,6 +335,7 @@ class ArtifactManifest:
             provenance=dict(data.get("provenance") or {}),
             format_version=version,
             extra={k: v for k, v in data.items() if k not in known},
+            decoding=decoding,
         )
 
     def validate(self) -> None:
@@ -329,9 +349,14 @@ class ArtifactManifest:
             ("embed", "input_ids", True, {}),
             ("embed", "inputs_embeds", False, {2: self.model.hidden_size}),
             ("decoder", "inputs_embeds", True, {2: self.model.hidden_size}),
-            ("decoder", "action_logits", False, {1: tokenizer.n_bins}),
-            ("decoder", "action_bin", False, {}),
         ]
+        if self.decoding == "parallel":  # every action token from one run, no KV cache
+            steps = tokenizer.tokens_per_action
+            checks += [("decoder", "action_logits", False, {1: steps, 2: tokenizer.n_bins}),
+                       ("decoder", "action_bins", False, {1: steps})]
+        else:
+            checks += [("decoder", "action_logits", False, {1: tokenizer.n_bins}),
+                       ("decoder", "action_bin", False, {})]
         for graph, name, is_input, sizes in checks:
             spec = self.graphs[graph]
             tensor = spec.input(name) if is_input else spec.output(name)
@@ -345,6 +370,8 @@ class ArtifactManifest:
                         f"{MANIFEST_FILE}: graph '{graph}' {name} has size {tensor.shape[axis]} on axis "
                         f"{axis}, the manifest's configs need {expected}")
         decoder = self.graphs["decoder"]
+        if self.decoding == "parallel":
+            return
         names = ["past_length", "prefix_length"] + cache_names(self.model.num_layers, "past")
         lacking = [n for n in names if decoder.input(n) is None]
         if lacking:

@@ -15,6 +15,7 @@ from rt2edge.lazy import lazy_getattr
 
 _EXPORTS = {
     "VLAPolicy": "rt2edge.models.policy",
+    "ParallelVLAPolicy": "rt2edge.models.parallel",
     "build_preset": "rt2edge.models.presets",
     "PRESETS": "rt2edge.models.presets",
     "default_corpus": "rt2edge.models.presets",

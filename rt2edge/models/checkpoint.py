@@ -6,9 +6,11 @@ CHECKPOINT/
   tokenizer.json, tokenizer_config.json                     the text tokenizer
   rt2edge.json                                              this module's metadata, written last
 ```
-rt2edge.json (format_version 1):
+rt2edge.json (format_version 1; 2 for a parallel-decoding policy, so older rt2edge refuses it):
 ```json
 {"format": "rt2edge-checkpoint", "format_version": 1, "family": "llava",
+ "decoding": "autoregressive" | "parallel",     (absent: autoregressive)
+ "decoding_config": {...},                       (parallel: ParallelDecodingConfig.to_dict())
  "action_tokenizer": {...ActionTokenizer.to_dict()...},
  "dataset_statistics": {"<dataset name>": {...ActionStatistics.to_dict()...}},
  "default_unnorm_key": "<dataset name>" | null,
@@ -27,19 +29,19 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from rt2edge import __version__
 from rt2edge.actions import ActionStatistics, ActionTokenizer
-from rt2edge.artifact import read_json_file
+from rt2edge.artifact import DECODING_VERSIONS, read_json_file
 from rt2edge.errors import ArtifactError
 from rt2edge.observation import ImagePreprocessing, PromptFormat
 
 METADATA_FILE = "rt2edge.json"
 FORMAT = "rt2edge-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this reader reads; a checkpoint is written with the lowest that fits
 
 
 @dataclass
@@ -50,12 +52,20 @@ class CheckpointMetadata:
     default_unnorm_key: str | None
     prompt: PromptFormat
     image_preprocessing: ImagePreprocessing
+    # How the policy decodes (rt2edge.artifact.DECODING_VERSIONS) and that mode's own settings.
+    decoding: str = "autoregressive"
+    decoding_config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"decoding_config": self.decoding_config} if self.decoding_config else {}
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            # [Contract] version 1 readers know only autoregressive policies: a parallel checkpoint
+            # says 2, so they refuse it instead of loading it as autoregressive.
+            "format_version": DECODING_VERSIONS[self.decoding],
             "family": self.family,
+            "decoding": self.decoding,
+            **extra,
             "action_tokenizer": self.action_tokenizer.to_dict(),
             "dataset_statistics": {k: v.to_dict() for k, v in self.dataset_statistics.items()},
             "default_unnorm_key": self.default_unnorm_key,
@@ -77,6 +87,12 @@ class CheckpointMetadata:
             key = data.get("default_unnorm_key")
             if key is not None and key not in stats:
                 raise ValueError(f"default_unnorm_key {key!r} is not one of {sorted(stats)}")
+            decoding = data.get("decoding", "autoregressive")
+            if decoding not in DECODING_VERSIONS:
+                raise ValueError(f"decoding must be one of {tuple(DECODING_VERSIONS)}, got {decoding!r}")
+            if version < DECODING_VERSIONS[decoding]:
+                raise ValueError(f"decoding {decoding!r} needs format_version >= "
+                                 f"{DECODING_VERSIONS[decoding]}, got {version}")
             return cls(
                 family=str(data["family"]),
                 action_tokenizer=ActionTokenizer.from_dict(data["action_tokenizer"]),
@@ -84,6 +100,8 @@ class CheckpointMetadata:
                 default_unnorm_key=key,
                 prompt=PromptFormat.from_dict(data["prompt"]),
                 image_preprocessing=ImagePreprocessing.from_dict(data["image_preprocessing"]),
+                decoding=decoding,
+                decoding_config=dict(data.get("decoding_config") or {}),
             )
         except KeyError as exc:
             raise ArtifactError(f"{source}: missing key {exc.args[0]!r}") from None

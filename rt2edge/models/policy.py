@@ -39,6 +39,9 @@ QUESTION_TEMPLATE = "{instruction}"
 class VLAPolicy(nn.Module):
     """See the module docstring. Build with `from_model` (or a preset), load with `from_pretrained`."""
 
+    # One decoder pass per action token (rt2edge.models.parallel: one pass per action).
+    decoding = "autoregressive"
+
     def __init__(self, model: PreTrainedModel, text_tokenizer: PreTrainedTokenizerFast,
                  action_tokenizer: ActionTokenizer, prompt: PromptFormat,
                  image_preprocessing: ImagePreprocessing, family: str,
@@ -229,9 +232,14 @@ class VLAPolicy(nn.Module):
     def _action_head(self, hidden: torch.Tensor) -> torch.Tensor:
         head = self.model.get_output_embeddings()
         ids = torch.as_tensor(self.action_tokenizer.allowed_ids, device=hidden.device)
-        logits = hidden @ head.weight[ids].T
-        if head.bias is not None:
-            logits = logits + head.bias[ids]
+        if type(head.weight) is torch.nn.Parameter and head.weight.is_floating_point():
+            logits = hidden @ head.weight[ids].T
+            if head.bias is not None:
+                logits = logits + head.bias[ids]
+        else:
+            # A quantized head (bitsandbytes Int8Params / Params4bit) stores codes, not rows:
+            # indexing them would give garbage. Its own forward dequantizes; then keep the action rows.
+            logits = head(hidden)[..., ids].to(hidden.dtype)
         softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
         if softcap:  # Gemma-2-style decoders squash logits; the full head does the same
             logits = torch.tanh(logits / softcap) * softcap
@@ -289,6 +297,12 @@ class VLAPolicy(nn.Module):
         """Load a checkpoint; weights only from safetensors (never unpickled). `trust_remote_code`
         is passed to transformers unchanged (keep it False unless you trust the folder)."""
         meta = checkpoint.read_metadata(directory)
+        if meta.decoding != cls.decoding:
+            if cls is not VLAPolicy:
+                raise ArtifactError(f"{directory}: holds a {meta.decoding!r} policy, not a {cls.decoding!r} one; "
+                                    "load it with VLAPolicy.from_pretrained (ParallelVLAPolicy.from_autoregressive "
+                                    "turns an autoregressive policy into a parallel one)")
+            cls = _policy_class(meta.decoding)  # the class the checkpoint was saved from
         try:
             model = AutoModelForImageTextToText.from_pretrained(
                 directory, use_safetensors=True, trust_remote_code=trust_remote_code, **model_kwargs)
@@ -296,7 +310,20 @@ class VLAPolicy(nn.Module):
         except (OSError, ValueError) as exc:
             raise ArtifactError(f"{directory}: cannot load the model or tokenizer: {exc}") from exc
         try:
-            return cls(model.eval(), tokenizer, meta.action_tokenizer, meta.prompt, meta.image_preprocessing,
-                       meta.family, meta.dataset_statistics, meta.default_unnorm_key)
+            return cls._from_checkpoint(model.eval(), tokenizer, meta)
         except ConfigError as exc:
             raise ArtifactError(f"{directory}: rt2edge.json disagrees with the model: {exc}") from exc
+
+    @classmethod
+    def _from_checkpoint(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast,
+                         meta: checkpoint.CheckpointMetadata) -> VLAPolicy:
+        return cls(model, tokenizer, meta.action_tokenizer, meta.prompt, meta.image_preprocessing,
+                   meta.family, meta.dataset_statistics, meta.default_unnorm_key)
+
+
+def _policy_class(decoding: str) -> type[VLAPolicy]:
+    if decoding == "parallel":
+        from rt2edge.models.parallel import ParallelVLAPolicy  # imports this module: resolved late
+
+        return ParallelVLAPolicy
+    return VLAPolicy

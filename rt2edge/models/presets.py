@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import torch
 
+from rt2edge.artifact import DECODINGS
 from rt2edge.errors import ConfigError
 from rt2edge.models.action_vocab import ActionVocabConfig
 from rt2edge.models.families import SpecialTokenIds, VLMSize, build_model, get_family
@@ -68,14 +69,19 @@ def default_corpus() -> list[str]:
 
 
 def build_preset(name: str, corpus: Iterable[str] | None = None, statistics: Any = None,
-                 seed: int = 0, action: ActionVocabConfig = ActionVocabConfig()) -> VLAPolicy:
+                 seed: int = 0, action: ActionVocabConfig = ActionVocabConfig(),
+                 decoding: str = "autoregressive") -> VLAPolicy:
     """A preset policy, randomly initialized from config (no download).
 
     corpus: instructions the text tokenizer is trained on (default: `default_corpus()`).
     statistics: None (actions already in [-1, 1], no normalization), one ActionStatistics or
     {dataset name: ActionStatistics} (q01_q99 normalization; the first is the default dataset).
     seed: fixes the weights; the tokenizer depends only on the corpus.
+    decoding: "autoregressive" (one decoder pass per action token) or "parallel" (one pass per
+    action: rt2edge.models.parallel.ParallelVLAPolicy, slot rows seeded by `seed` too).
     """
+    if decoding not in DECODINGS:
+        raise ConfigError("decoding", f"must be one of {DECODINGS}, got {decoding!r}")
     try:
         preset = PRESETS[name]
     except KeyError:
@@ -91,4 +97,9 @@ def build_preset(name: str, corpus: Iterable[str] | None = None, statistics: Any
     # `append` draws the new embedding rows at random: seed them too, without touching the caller's RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return VLAPolicy.from_model(model, tokenizer, action=action, corpus=texts, statistics=statistics)
+        policy = VLAPolicy.from_model(model, tokenizer, action=action, corpus=texts, statistics=statistics)
+    if decoding == "parallel":
+        from rt2edge.models.parallel import ParallelVLAPolicy
+
+        return ParallelVLAPolicy.from_autoregressive(policy, seed=seed, copy_model=False)
+    return policy

@@ -59,15 +59,20 @@ class Policy:
         self._text_cache_size = text_cache_size
 
         model = manifest.model
+        # [Contract] a parallel artifact's decoder gives every action token in one run, from the
+        # prompt alone: no KV cache, no fed-back token, no decode steps (docs/artifact-format.md).
+        self._parallel = manifest.decoding == "parallel"
         self._past_names = cache_names(model.num_layers, "past")
-        self._outputs = ["action_logits", "action_bin"] + cache_names(model.num_layers, "present")
+        self._outputs = (["action_logits", "action_bins"] if self._parallel else
+                         ["action_logits", "action_bin"] + cache_names(model.num_layers, "present"))
         empty = np.zeros((1, model.num_kv_heads, 0, model.head_dim), np.float32)
         self._empty_past = {n: empty for n in self._past_names}
-        self._n_decode = self.action_tokenizer.tokens_per_action - 1
-        # [Contract] the decode-step input of bin b is embed(token_ids[b]): computed once here.
-        ids = self.action_tokenizer.token_ids[None].astype(np.int64)
-        table = self._embed.run({"input_ids": ids}, ["inputs_embeds"])[0][0]
-        self._bin_embeds = np.ascontiguousarray(table.astype(np.float32)[:, None, None, :])
+        self._n_decode = 0 if self._parallel else self.action_tokenizer.tokens_per_action - 1
+        if not self._parallel:
+            # [Contract] the decode-step input of bin b is embed(token_ids[b]): computed once here.
+            ids = self.action_tokenizer.token_ids[None].astype(np.int64)
+            table = self._embed.run({"input_ids": ids}, ["inputs_embeds"])[0][0]
+            self._bin_embeds = np.ascontiguousarray(table.astype(np.float32)[:, None, None, :])
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -178,6 +183,11 @@ class Policy:
 
         prompt_embeds = np.concatenate([image_embeds.astype(np.float32, copy=False), text_embeds], axis=1)
         length = prompt_embeds.shape[1]
+        if self._parallel:  # the whole action from one decoder run, timed as the prefill
+            bins = self._pick_all(self._decoder.run({"inputs_embeds": prompt_embeds}, self._outputs))
+            t = self._timed("prefill", timing, t)
+            timing["decode"] = 0.0
+            return self._finish(bins, timing, t, start, [])
         # [Contract] prefix_length: the whole prompt attends bidirectionally for prefix-LM families
         # (PaliGemma), 0 for causal ones; the same value on every decoder run of one action.
         prefix = np.array([length if self.manifest.model.prefix_lm else 0], np.int64)
@@ -199,7 +209,10 @@ class Policy:
             self.latency.record(DECODE_STEP, now - t)
             t = now
         timing["decode"] = float(sum(steps))
+        return self._finish(bins, timing, t, start, steps)
 
+    def _finish(self, bins: Sequence[int] | np.ndarray, timing: dict[str, float], t: float, start: float,
+                steps: list[float]) -> Action:
         bins_arr = np.asarray(bins, np.int64)
         values = self.guard.clip(self.action_tokenizer.decode_bins(bins_arr))
         terminate = bool(self.action_tokenizer.terminate and values[-1] >= 0.5)
@@ -218,6 +231,16 @@ class Policy:
         if not 0 <= b < self.action_tokenizer.n_bins:
             raise IndexError(f"decoder chose bin {b}, outside [0, {self.action_tokenizer.n_bins})")
         return b
+
+    def _pick_all(self, outs: list[np.ndarray]) -> np.ndarray:
+        """The checks of `_pick` on a parallel decoder's (1, S, n_bins) logits and (1, S) bins."""
+        logits, chosen = outs[0], np.asarray(outs[1]).reshape(-1)
+        if not np.isfinite(logits).all():
+            raise FloatingPointError("decoder produced non-finite action logits")
+        n_bins, steps = self.action_tokenizer.n_bins, self.action_tokenizer.tokens_per_action
+        if chosen.shape != (steps,) or chosen.min() < 0 or chosen.max() >= n_bins:
+            raise IndexError(f"decoder chose bins {chosen.tolist()}, expected {steps} in [0, {n_bins})")
+        return chosen.astype(np.int64)
 
     def _fallback(self, reason: str, timing: dict[str, float]) -> Action:
         log.warning("rt2edge runtime: safe action (%s)", reason)
