@@ -3,11 +3,17 @@
     import quantize
     cfg = quantize.QuantizeConfig(source="ckpt/student", out="ckpt/student-nf4", method="bnb-nf4")
     quantize.run(cfg)            # -> Path; quantize_report.{json,md} inside
-    quantize.known_methods()     # ["bnb-fp4", "bnb-int8", "bnb-nf4"]
+    quantize.run(quantize.QuantizeConfig(source="artifacts/student", out="artifacts/student-int4",
+                                         method="int4-qdq", target="tensorrt"))
+    quantize.known_methods()     # bnb-fp4, bnb-int8, bnb-nf4 (checkpoints); int8-dynamic, int8-qdq,
+                                 # int4-matmulnbits, int4-qdq (deploy artifacts)
 
 Modules: primitives (numpy RTN / HQQ / GPTQ), matmul_nbits (ONNX Runtime int4 packing),
-registry + config + pipeline (the stage), bnb (bitsandbytes torch path), fidelity (action-token
-agreement, action error), calibration (observations), sizes (weight bytes per module group).
+registry + config + pipeline + report (the stage), bnb (bitsandbytes torch path), onnx_int8 /
+onnx_int4 (the ONNX methods) on onnx_flow (their common flow), onnx_graph (weight layers, groups),
+onnx_probe (the runtime with taps: tokens, teacher-forced logits, calibration feeds),
+onnx_artifact (source checks, the new manifest), sensitivity (per-layer ranking), fidelity
+(action-token agreement, action error), calibration (observations), sizes (weight bytes).
 Importing `quantize` loads no torch; looking up a method (building a config) does.
 """
 

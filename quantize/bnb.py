@@ -7,7 +7,7 @@ bnb-int8          Linear8bitLt (LLM.int8)     int8, one absmax scale per out row
 bnb-nf4 / fp4     Linear4bit                  4-bit NF4/FP4 codes, absmax per 64   the checkpoint dtype
                                               weights (double_quant: int8 absmax)
 
-What is quantized (QuantizeConfig.keep_sensitive, default: keep vision, projector, head):
+What is quantized (QuantizeConfig.keep_groups, default: keep vision, projector, head):
 - language model: every nn.Linear (attention q/k/v/o, MLP) -- the bulk of the decoder's bytes and of
   the per-token weight traffic, which is what bounds the control rate of a small policy.
 - vision tower + projector: kept. They run once per frame (not once per action token) and their
@@ -41,6 +41,7 @@ import torch
 from transformers import BitsAndBytesConfig
 
 from rt2edge.errors import ArtifactError, ConfigError, Rt2EdgeError
+from rt2edge.evaluation import VLAPolicyAdapter
 from rt2edge.models.checkpoint import METADATA_FILE
 from rt2edge.models.policy import VLAPolicy
 from rt2edge.optional import require
@@ -171,14 +172,14 @@ def quantize_checkpoint(cfg: QuantizeConfig, work_dir: Path, quant_type: str) ->
     bnb = _bnb()
     reference = VLAPolicy.from_pretrained(cfg.source, device_map=cfg.device)
     prefixes = module_prefixes(reference)
-    keep, forced = kept_groups(reference, cfg.keep_sensitive)
+    keep, forced = kept_groups(reference, cfg.keep_groups)
     skip = [prefixes[g] for g in keep]
     quantized = VLAPolicy.from_pretrained(
         cfg.source, quantization_config=bnb_config(cfg, quant_type, skip, reference.dtype),
         dtype=reference.dtype, device_map=cfg.device)
     layers = _quantized_layers(quantized.model)
     if not layers:
-        raise ConfigError("keep_sensitive", f"no nn.Linear left to quantize when keeping {keep}")
+        raise ConfigError("keep_groups", f"no nn.Linear left to quantize when keeping {keep}")
     leaked = [n for n in layers for g in keep if n == prefixes[g] or n.startswith(prefixes[g] + ".")]
     if leaked:  # transformers' skip matching changed under us: never ship a silently different model
         raise Rt2EdgeError(f"bitsandbytes quantized layers of kept groups: {leaked[:3]}")
@@ -200,13 +201,13 @@ def quantize_checkpoint(cfg: QuantizeConfig, work_dir: Path, quant_type: str) ->
     save_quantized(quantized, work_dir, record)
     del quantized
     candidate = load_quantized_policy(work_dir, device=cfg.device)  # what users load: proves the reload
-    # VLAPolicy.action_logits indexes the head's weight rows: meaningful only for an unquantized head.
-    head_kept = "head" in keep
     return MethodOutput(reference=policy_token_fn(reference), candidate=policy_token_fn(candidate),
                         action_tokenizer=reference.action_tokenizer, bytes_before=bytes_before,
                         bytes_after=bytes_after, details=record,
-                        reference_logits=policy_logit_fn(reference) if head_kept else None,
-                        candidate_logits=policy_logit_fn(candidate) if head_kept else None)
+                        # VLAPolicy.action_logits runs a quantized head's own forward (its rows are codes).
+                        reference_logits=policy_logit_fn(reference), candidate_logits=policy_logit_fn(candidate),
+                        reference_actor=lambda: VLAPolicyAdapter(reference.eval(), name="source"),
+                        candidate_actor=lambda: VLAPolicyAdapter(candidate.eval(), name=cfg.method))
 
 
 @register_method("bnb-int8", bits=8, block_sizes=(None,),

@@ -12,34 +12,61 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rt2edge.errors import ConfigError
-from quantize.registry import get_method
+from quantize.registry import QuantMethod, get_method
 
 # Module groups of a VLA policy (rt2edge.models.families.VLMFamily.parameter_groups). Token
-# embeddings are never quantized by these methods (bitsandbytes replaces nn.Linear only).
+# embeddings are never quantized by these methods (bitsandbytes replaces nn.Linear only; the ONNX
+# methods quantize MatMul weights only, and the embed graph is a Gather).
 MODULE_GROUPS = ("vision", "projector", "language", "head")
 # Default: the language model is quantized; the vision tower, the projector and the LM head (which
 # holds the action-token rows every action is read from) stay in the source precision.
 DEFAULT_KEEP = ("vision", "projector", "head")
 SIM_CALIBRATION = "sim"
 CONFIG_FILE = "quantize_config.json"
+# ONNX Runtime calibrators for the static int8 method (onnxruntime.quantization.CalibrationMethod).
+CALIBRATE_METHODS = ("minmax", "percentile", "entropy")
+# Held-out frames of the simulator start this far from the calibration seed, so the two sets
+# never share a scene (calibration uses seeds seed .. seed + calibration_frames - 1).
+HOLDOUT_SEED_OFFSET = 1_000_000
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(name, f"must be an int {bound}, got {value!r}")
+
+
 @dataclass
 class QuantizeConfig:
     """Args:
-        source: the checkpoint folder to quantize (an rt2edge checkpoint, not already quantized).
+        source: a checkpoint folder (bitsandbytes methods) or a deploy artifact folder (ONNX
+            methods); never an already-quantized one.
         out: the folder to write; refused if it exists unless `overwrite`.
-        method: a registered method name (see `quantize.known_methods()`).
+        method: a registered method name (see `quantize.known_methods()`); it decides which kind
+            of source it reads.
         bits: the method's bit width; None takes it from the method (given, it must agree).
         block_size: the block (group) size along the input dim; None: the method's default.
-        keep_sensitive: module groups (of MODULE_GROUPS) left in the source precision.
-        calibration: "sim" (frames of the built-in simulator) or an episode dataset folder; its
-            frames feed the fidelity comparison (and calibration-based methods).
-        calibration_frames: how many frames to use.
+        target: the runtime the output is for ("onnx": ONNX Runtime, "tensorrt": TensorRT's
+            strongly typed networks); None: the method's default. Checkpoint methods have none.
+        algorithm: weight rounding of the int4 methods ("rtn", "hqq", "gptq"); None: the default.
+        keep_groups: module groups (of MODULE_GROUPS) left in the source precision.
+        keep_sensitive: ONNX methods: leave the K layers the sensitivity pass finds most
+            sensitive in the source precision too (0: none).
+        sensitivity: run the per-layer sensitivity pass (always on when keep_sensitive > 0).
+        sensitivity_frames: calibration frames the sensitivity pass compares on.
+        calibration: "sim" (frames of the built-in simulator) or an episode dataset folder.
+        calibration_frames: how many frames calibrate (static int8, GPTQ) and rank layers.
+        calibrate_method: static int8 activation ranges: minmax, percentile or entropy.
+        percentile: the percentile of |activation| the "percentile" calibrator keeps.
+        holdout_frames: frames, disjoint from the calibration frames, that the fidelity report
+            compares the quantized output with its source on.
+        holdout_seed: seed of the held-out simulator frames; None: seed + HOLDOUT_SEED_OFFSET.
+        episodes: closed-loop episodes per simulator split for source and output (0: skip).
+        threads: ONNX Runtime intra-op threads per graph (None: ORT's default).
         int8_threshold: LLM.int8 outlier threshold (activations above it run in 16-bit); 0 = off.
         double_quant: bitsandbytes 4-bit: quantize the block scales too (~0.4 bit/weight less).
     """
@@ -49,9 +76,20 @@ class QuantizeConfig:
     method: str = "bnb-int8"
     bits: int | None = None
     block_size: int | None = None
-    keep_sensitive: tuple[str, ...] = DEFAULT_KEEP
+    target: str | None = None
+    algorithm: str | None = None
+    keep_groups: tuple[str, ...] = DEFAULT_KEEP
+    keep_sensitive: int = 0
+    sensitivity: bool = False
+    sensitivity_frames: int = 16
     calibration: str = SIM_CALIBRATION
     calibration_frames: int = 32
+    calibrate_method: str = "minmax"
+    percentile: float = 99.999
+    holdout_frames: int = 64
+    holdout_seed: int | None = None
+    episodes: int = 0
+    threads: int | None = None
     batch_size: int = 8
     int8_threshold: float = 6.0
     double_quant: bool = False
@@ -67,6 +105,46 @@ class QuantizeConfig:
         if not isinstance(self.method, str):
             raise ConfigError("method", f"must be a method name, got {type(self.method).__name__}")
         method = get_method(self.method)
+        self._check_method_options(method)
+        self.keep_groups = self._groups(self.keep_groups)
+        _check_int("keep_sensitive", self.keep_sensitive, 0)
+        if self.keep_sensitive and method.source != "artifact":
+            raise ConfigError("keep_sensitive", f"the per-layer sensitivity pass is for the ONNX methods; "
+                                                f"{self.method!r} quantizes a checkpoint")
+        for name in ("sensitivity", "double_quant", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.calibration, (str, Path)) or not str(self.calibration):
+            raise ConfigError("calibration",
+                              f"must be {SIM_CALIBRATION!r} or a dataset folder, got {self.calibration!r}")
+        self.calibration = str(self.calibration)
+        for name in ("calibration_frames", "batch_size", "sensitivity_frames", "holdout_frames"):
+            _check_int(name, getattr(self, name), 1, HOLDOUT_SEED_OFFSET - 1)
+        if self.calibrate_method not in CALIBRATE_METHODS:
+            raise ConfigError("calibrate_method", f"must be one of {CALIBRATE_METHODS}, got {self.calibrate_method!r}")
+        if (not isinstance(self.percentile, (int, float)) or isinstance(self.percentile, bool)
+                or not 50.0 < self.percentile <= 100.0):
+            raise ConfigError("percentile", f"must be a number in (50, 100], got {self.percentile!r}")
+        self.percentile = float(self.percentile)
+        _check_int("episodes", self.episodes, 0)
+        if self.threads is not None:
+            _check_int("threads", self.threads, 1)
+        if (not isinstance(self.int8_threshold, (int, float)) or isinstance(self.int8_threshold, bool)
+                or not math.isfinite(self.int8_threshold) or self.int8_threshold < 0):
+            raise ConfigError("int8_threshold", f"must be a finite number >= 0, got {self.int8_threshold!r}")
+        self.int8_threshold = float(self.int8_threshold)
+        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError("device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        _check_int("seed", self.seed, 0, 2**32 - 1)
+        if self.holdout_seed is None:
+            self.holdout_seed = self.seed + HOLDOUT_SEED_OFFSET
+        _check_int("holdout_seed", self.holdout_seed, 0)
+        if self.seed <= self.holdout_seed < self.seed + self.calibration_frames or (
+                self.holdout_seed <= self.seed < self.holdout_seed + self.holdout_frames):
+            raise ConfigError("holdout_seed", f"frames {self.holdout_seed}.. overlap the calibration frames "
+                                              f"{self.seed}..{self.seed + self.calibration_frames - 1}")
+
+    def _check_method_options(self, method: QuantMethod) -> None:
         if self.bits is None:
             self.bits = method.bits
         elif not _is_int(self.bits) or self.bits != method.bits:
@@ -77,26 +155,17 @@ class QuantizeConfig:
             allowed = ", ".join("per-channel" if b is None else str(b) for b in method.block_sizes)
             raise ConfigError("block_size", f"method {self.method!r} supports block sizes {allowed}; "
                                             f"got {self.block_size!r}")
-        self.keep_sensitive = self._groups(self.keep_sensitive)
-        if not isinstance(self.calibration, (str, Path)) or not str(self.calibration):
-            raise ConfigError("calibration",
-                              f"must be {SIM_CALIBRATION!r} or a dataset folder, got {self.calibration!r}")
-        self.calibration = str(self.calibration)
-        for name in ("calibration_frames", "batch_size"):
+        for name, choices in (("target", method.targets), ("algorithm", method.algorithms)):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ConfigError(name, f"must be an int >= 1, got {value!r}")
-        if (not isinstance(self.int8_threshold, (int, float)) or isinstance(self.int8_threshold, bool)
-                or not math.isfinite(self.int8_threshold) or self.int8_threshold < 0):
-            raise ConfigError("int8_threshold", f"must be a finite number >= 0, got {self.int8_threshold!r}")
-        self.int8_threshold = float(self.int8_threshold)
-        for name in ("double_quant", "overwrite"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError("device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")
-        if not _is_int(self.seed):
-            raise ConfigError("seed", f"must be an int, got {self.seed!r}")
+            if value is None:
+                setattr(self, name, choices[0] if choices else None)
+            elif value not in choices:
+                what = f"one of {list(choices)}" if choices else "left unset (not applicable)"
+                raise ConfigError(name, f"method {self.method!r}: must be {what}, got {value!r}")
+
+    @property
+    def runs_sensitivity(self) -> bool:
+        return self.sensitivity or self.keep_sensitive > 0
 
     @staticmethod
     def _path(name: str, value: Any) -> Path:
@@ -107,19 +176,19 @@ class QuantizeConfig:
     @staticmethod
     def _groups(value: Any) -> tuple[str, ...]:
         if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
-            raise ConfigError("keep_sensitive", f"must be a list of groups from {MODULE_GROUPS}, got {value!r}")
+            raise ConfigError("keep_groups", f"must be a list of groups from {MODULE_GROUPS}, got {value!r}")
         unknown = [g for g in value if g not in MODULE_GROUPS]
         if unknown:
-            raise ConfigError("keep_sensitive", f"unknown module groups {unknown}; known: {MODULE_GROUPS}")
+            raise ConfigError("keep_groups", f"unknown module groups {unknown}; known: {MODULE_GROUPS}")
         if "language" in value:
-            raise ConfigError("keep_sensitive", "keeping 'language' leaves nothing to quantize")
+            raise ConfigError("keep_groups", "keeping 'language' leaves nothing to quantize")
         return tuple(g for g in MODULE_GROUPS if g in value)  # canonical order, no duplicates
 
     # ------------------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["source"], data["out"] = str(self.source), str(self.out)
-        data["keep_sensitive"] = list(self.keep_sensitive)
+        data["keep_groups"] = list(self.keep_groups)
         return data
 
     @classmethod

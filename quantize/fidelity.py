@@ -235,8 +235,8 @@ def policy_token_fn(policy: Any) -> TokenFn:
 
 
 def policy_logit_fn(policy: Any) -> LogitFn:
-    """A torch VLAPolicy's `action_logits` on its `build_action_token_batch` (teacher forcing).
-    Reads the LM head's action rows directly, so only for a head that is not quantized."""
+    """A torch VLAPolicy's `action_logits` on its `build_action_token_batch` (teacher forcing);
+    a bitsandbytes-quantized head runs its own forward, then the action rows are taken."""
     import torch  # the torch side only: this adapter is never used by the runtime
 
     def fn(images: np.ndarray, instructions: Sequence[str], tokens: np.ndarray) -> np.ndarray:

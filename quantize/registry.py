@@ -1,6 +1,6 @@
 """Quantization methods by name: `@register_method("bnb-int8", bits=8)` maps a name to a handler.
 
-A handler turns a source (a checkpoint folder, later an artifact) into a quantized copy written
+A handler turns a source (a checkpoint folder or a deploy artifact) into a quantized copy written
 into `work_dir` (a temp folder that `quantize.run` renames into place once everything succeeded),
 and returns a `MethodOutput`: what it did, the weight bytes before/after, and two token functions
 (reference and quantized) that `quantize.run` compares on the calibration observations.
@@ -36,7 +36,7 @@ TokenFn = Callable[[np.ndarray, Sequence[str]], np.ndarray]
 LogitFn = Callable[[np.ndarray, Sequence[str], np.ndarray], np.ndarray]
 
 SOURCE_KINDS = ("checkpoint", "artifact")
-_BUILTIN_MODULES = ("quantize.bnb",)
+_BUILTIN_MODULES = ("quantize.bnb", "quantize.onnx_int8", "quantize.onnx_int4")
 
 
 @dataclass
@@ -52,6 +52,13 @@ class MethodOutput:
     # Optional, for the continuous logit error (both or neither); see quantize.fidelity.
     reference_logits: LogitFn | None = None
     candidate_logits: LogitFn | None = None
+    # Optional: zero-argument factories of closed-loop policies (rt2edge.evaluation's ActionPolicy)
+    # for `--episodes`; both or neither.
+    reference_actor: Callable[[], Any] | None = None
+    candidate_actor: Callable[[], Any] | None = None
+    # Optional: called with the work folder and the report files once they are written (an
+    # artifact lists and hashes them in its manifest).
+    finalize: Callable[[Path, list[str]], None] | None = None
 
 
 Handler = Callable[["QuantizeConfig", Path, list[Observation]], MethodOutput]
@@ -65,13 +72,16 @@ class QuantMethod:
     block_sizes: tuple[int | None, ...]  # accepted block sizes; the first is the default
     source: str  # what it reads: "checkpoint" (torch side) or "artifact" (ONNX side)
     description: str
+    targets: tuple[str, ...] = ()  # runtimes its output is for, the first is the default; () = n/a
+    algorithms: tuple[str, ...] = ()  # weight rounding algorithms, the first is the default
 
 
 _METHODS: dict[str, QuantMethod] = {}
 
 
 def register_method(name: str, *, bits: int, block_sizes: tuple[int | None, ...] = (None,),
-                    source: str = "checkpoint", description: str = "") -> Callable[[Handler], Handler]:
+                    source: str = "checkpoint", description: str = "", targets: tuple[str, ...] = (),
+                    algorithms: tuple[str, ...] = ()) -> Callable[[Handler], Handler]:
     """Register `handler` under `name`. Re-registering the same function is a no-op (re-import);
     a different one under a taken name is a programming error."""
     if source not in SOURCE_KINDS:
@@ -83,7 +93,8 @@ def register_method(name: str, *, bits: int, block_sizes: tuple[int | None, ...]
         existing = _METHODS.get(name)
         if existing is not None and _origin(existing.handler) != _origin(handler):
             raise ValueError(f"quantization method {name!r} is already registered by {_origin(existing.handler)}")
-        _METHODS[name] = QuantMethod(name, handler, bits, tuple(block_sizes), source, description)
+        _METHODS[name] = QuantMethod(name, handler, bits, tuple(block_sizes), source, description,
+                                     tuple(targets), tuple(algorithms))
         return handler
 
     return wrap

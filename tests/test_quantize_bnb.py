@@ -54,7 +54,8 @@ def observations():
 @pytest.fixture(scope="module", params=["bnb-int8", "bnb-nf4"])
 def quantized(request, source, observations, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / "q"
-    cfg = QuantizeConfig(source=source, out=out, method=request.param, calibration_frames=FRAMES)
+    cfg = QuantizeConfig(source=source, out=out, method=request.param, calibration_frames=FRAMES,
+                         holdout_frames=FRAMES)
     assert quantize.run(cfg) == out
     return cfg
 
@@ -111,7 +112,7 @@ def test_saved_weights_equal_a_fresh_on_load_quantization(quantized, source, obs
     texts = [text for _, text in observations]
     reloaded = load_quantized_policy(quantized.out)
     fresh_ref = VLAPolicy.from_pretrained(source)
-    skip = [module_prefixes(fresh_ref)[g] for g in quantized.keep_sensitive]
+    skip = [module_prefixes(fresh_ref)[g] for g in quantized.keep_groups]
     quant_type = {"bnb-int8": "int8", "bnb-nf4": "nf4"}[quantized.method]
     config = bnb_config(quantized, quant_type, skip, torch.float32)
     fresh = VLAPolicy.from_pretrained(source, quantization_config=config, dtype=torch.float32, device_map="cpu")
@@ -136,8 +137,9 @@ def test_an_already_quantized_source_is_refused_and_nothing_is_written(quantized
 def test_keep_nothing_quantizes_vision_and_head_too(source, observations, tmp_path):
     (tmp_path / "all").mkdir()
     (tmp_path / "all" / "stale.bin").write_bytes(b"old")  # overwrite replaces the folder whole
-    cfg = QuantizeConfig(source=source, out=tmp_path / "all", method="bnb-int8", keep_sensitive=[], overwrite=True)
-    out = quantize.run(cfg, observations=observations[:2])
+    cfg = QuantizeConfig(source=source, out=tmp_path / "all", method="bnb-int8", keep_groups=[], overwrite=True,
+                         holdout_frames=2)
+    out = quantize.run(cfg, observations=observations[:2], holdout=observations[2:4])
     assert not (out / "stale.bin").exists() and not leftovers(tmp_path)
     policy = load_quantized_policy(out)
     assert isinstance(policy.model.lm_head, bnb.nn.Linear8bitLt)
@@ -145,19 +147,44 @@ def test_keep_nothing_quantizes_vision_and_head_too(source, observations, tmp_pa
     assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in vision)
     report = json.loads((out / "quantize_report.json").read_text())
     assert report["fidelity"]["n_observations"] == 2
-    assert report["action_logits"] is None  # VLAPolicy.action_logits cannot read a quantized head
+    assert report["action_logits"]["n_steps"] == 2 * 8  # action_logits runs the quantized head's forward
 
 
 def test_a_tied_head_is_always_kept(tmp_path):
     src = save_tiny(tmp_path / "pali", family="paligemma", decoder="gemma", tie_word_embeddings=True)
     obs = sim_observations(2, image_size=32)
-    out = quantize.run(QuantizeConfig(source=src, out=tmp_path / "q", method="bnb-int8", keep_sensitive=["vision"]),
-                       observations=obs)
+    out = quantize.run(QuantizeConfig(source=src, out=tmp_path / "q", method="bnb-int8", keep_groups=["vision"],
+                                      holdout_frames=2), observations=obs, holdout=obs)
     record = json.loads((out / "rt2edge.json").read_text())["quantization"]
     assert "head" in record["kept_groups"] and "tied" in record["forced_keep"]["head"]
     policy = load_quantized_policy(out)
     assert type(policy.model.lm_head) is torch.nn.Linear
     assert policy.predict_action(obs[0][0], obs[0][1]).shape == (8,)
+
+
+@pytest.mark.parametrize("quant_type", ["int8", "nf4"])
+def test_action_logits_of_a_quantized_head_are_the_full_heads_action_rows(source, observations, quant_type):
+    """VLAPolicy.action_logits on a bitsandbytes head: equal to the full LM head's logits at the
+    action ids (it used to index the int8/4-bit codes as if they were weight rows)."""
+    cfg = QuantizeConfig(source=source, out=source.parent / "unused", method=f"bnb-{quant_type}", keep_groups=[])
+    policy = VLAPolicy.from_pretrained(source, quantization_config=bnb_config(cfg, quant_type, [], torch.float32),
+                                       dtype=torch.float32, device_map="cpu")
+    disable_cpu_repack(policy.model)
+    assert isinstance(policy.model.lm_head, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit))
+    images = np.stack([img for img, _ in observations[:3]])
+    texts = [text for _, text in observations[:3]]
+    tokens = policy.predict_action_tokens(images, texts)
+    batch = policy.build_action_token_batch(images, texts, tokens)
+    with torch.no_grad():
+        constrained = policy.action_logits(batch).float()
+        full = policy(batch).logits.float()
+    positions = batch["action_positions"] - 1  # the token at p is predicted at p - 1
+    ids = torch.as_tensor(policy.action_tokenizer.allowed_ids)
+    expected = full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1]))[..., ids]
+    assert constrained.shape == (3, 8, policy.action_tokenizer.n_bins)
+    torch.testing.assert_close(constrained, expected, atol=1e-3, rtol=1e-3)
+    # Teacher-forced on its own greedy tokens, the constrained head picks those same tokens.
+    assert np.array_equal(policy.action_tokenizer.allowed_ids[constrained.argmax(-1).numpy()], tokens)
 
 
 # ------------------------------------------------------------------------------------ refusals
@@ -200,7 +227,7 @@ def test_a_failing_method_leaves_nothing_behind(source, observations, tmp_path):
     try:
         with pytest.raises(RuntimeError, match="out of memory"):
             quantize.run(QuantizeConfig(source=source, out=tmp_path / "q", method="test-failing"),
-                         observations=observations)
+                         observations=observations, holdout=observations)
     finally:
         _METHODS.pop("test-failing", None)
     assert os.listdir(tmp_path) == []
