@@ -1,5 +1,9 @@
 """rt2edge stage: bench (see DESIGN.md) — control frequency, roofline cost model, Jetson projection.
 
+    from bench import BenchConfig, run, compare_reports, load_report
+    path = run(BenchConfig(sources=["runs/ckpt", "runs/artifact"], out="runs/bench"))  # bench.json/.md/.html
+    compare_reports(load_report("old/bench.json"), load_report(path), threshold=0.1).regressed
+
     from bench import openvla_7b, vla_costs, project_devices, comparison_table
     costs = vla_costs(openvla_7b(), "q4f16_ft", vision_precision="fp16", head="full")
     for p in project_devices(costs): print(p.device_name, f"{p.hz:.2f} Hz (estimate)")
@@ -14,6 +18,13 @@
   calibration.*    the fixed efficiency factor + published      machine.py      this machine's roofline
                    OpenVLA-7B comparison                        timing.py       control-loop statistics
   backends.py      runtime / eager torch / HF generate() adapters
+  config.py        BenchConfig                                  pipeline.py     run(config): the suite
+  sources.py       checkpoint / artifact folders, variants      variants.py     one variant: time, cost, bound
+  observations.py  simulator frames for the loop                roofline.py     per-stage bound vs measured
+  overheads.py     working-set bandwidth, session.run cost      fidelity.py     agreement, action error, success
+  memory.py        per-variant peak RSS                         torch_stages.py stage clocks inside generate()
+  report.py        schema, JSON, atomic writes                  compare.py      regressions between reports
+  tables.py / figures.py / plots.py / render_md.py / render_html.py   pages rendered from the JSON
 
 Names resolve on first use, so `import bench` pulls in neither torch nor onnx.
 """
@@ -37,6 +48,10 @@ _EXPORTS = {
     "ControlLoopTimer": "bench.timing", "LatencyStats": "bench.timing", "TimingReport": "bench.timing",
     "time_policy": "bench.timing",
     "PolicyBackend": "bench.backends", "make_backend": "bench.backends", "register_backend": "bench.backends",
+    "BenchConfig": "bench.config", "run": "bench.pipeline",
+    "load_report": "bench.report", "write_report": "bench.report",
+    "compare_reports": "bench.compare", "Comparison": "bench.compare",
+    "render_html": "bench.render_html", "render_markdown": "bench.render_md",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,6 +11,10 @@
                raw image + prompt, then `model.generate(**inputs, max_new_tokens=k, do_sample=False,
                prefix_allowed_tokens_fn=...)` (HF's own constrained decoding, full-vocab LM head).
 
+The torch backends time vision / prefill / each decode step inside generate() with module hooks
+(bench/torch_stages.py), so every backend reports the runtime's stages. Every result carries the
+action `values` in real units (fidelity and closed-loop success use them).
+
 Timings of different backends are comparable as ratios within one run on one machine. torch and
 transformers are imported only by the backends that need them (DESIGN.md rule 4); each backend
 sets its thread count (torch.set_num_threads is process-wide: the last backend made wins).
@@ -25,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bench.torch_stages import GenerateStageClock
 from rt2edge.errors import ConfigError
 from rt2edge.optional import require
 from rt2edge.registry import Registry
@@ -35,6 +40,7 @@ class PolicyBackend:
     name: str
     act: Callable[[Any, str], Any]
     info: dict[str, Any] = field(default_factory=dict)
+    reset: Callable[[], None] | None = None  # start of an episode (the runtime's gripper guard)
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class StepResult:
 
     tokens: np.ndarray
     timing: dict[str, float]
+    values: np.ndarray | None = None  # the action in real units (the tokenizer's decode)
+    decode_steps: tuple[float, ...] = ()  # seconds of each decoder run after the prefill
 
 
 BACKENDS: Registry[Callable[..., PolicyBackend]] = Registry("backend", field="backend")
@@ -72,7 +80,7 @@ def runtime_backend(source: str | Path, num_threads: int = 1, providers: Any = N
     policy = Policy.load(source, providers=providers, num_threads=num_threads, deadline_s=None, warmup=0)
     info = {"artifact": str(source), "provider": policy.provider, "num_threads": num_threads,
             "precision": getattr(policy.manifest, "precision", None)}
-    return PolicyBackend("runtime", policy.act, info)
+    return PolicyBackend("runtime", policy.act, info, reset=policy.reset)
 
 
 def _load_policy(source: Any):
@@ -94,24 +102,36 @@ def _torch_info(policy: Any, num_threads: int, torch: Any) -> dict[str, Any]:
             "dtype": str(policy.dtype), "device": str(policy.device)}
 
 
+def _step_result(policy: Any, clock: Any, ids: Any, t0: float, t1: float, t2: float) -> StepResult:
+    """Tokens -> real-unit action (the postprocess stage), and every stage's seconds."""
+    tokens = ids.cpu().numpy().astype(np.int64)
+    values = policy.action_tokenizer.decode(tokens[None])[0]
+    t3 = time.perf_counter()
+    stages, steps = clock.stages(t2 - t1)
+    timing = {"preprocess": t1 - t0, **stages, "postprocess": t3 - t2, "generate": t2 - t1, "total": t3 - t0}
+    return StepResult(tokens, timing, values, steps)
+
+
 @register_backend("eager")
 def eager_backend(source: Any, num_threads: int = 1) -> PolicyBackend:
     torch = _torch(num_threads)
     from rt2edge.models.decoding import generate_action_ids
+    from rt2edge.models.families import get_family
 
     policy = _load_policy(source)
     pad_id = policy.text_tokenizer.pad_token_id
+    clock = GenerateStageClock(get_family(policy.family), policy.model)
 
     def act(image: Any, instruction: str) -> StepResult:
         # The body of VLAPolicy.predict_action_tokens, with a clock between its two calls.
+        clock.reset()
         t0 = time.perf_counter()
         with torch.inference_mode():
             inputs = policy.encode_observations(image, instruction)
             t1 = time.perf_counter()
             ids = generate_action_ids(policy.model, inputs, policy.action_tokenizer, pad_id)
         t2 = time.perf_counter()
-        return StepResult(ids[0].cpu().numpy().astype(np.int64),
-                          {"preprocess": t1 - t0, "generate": t2 - t1, "total": t2 - t0})
+        return _step_result(policy, clock, ids[0], t0, t1, t2)
 
     return PolicyBackend("eager", act, _torch_info(policy, num_threads, torch))
 
@@ -152,8 +172,12 @@ def hf_generate_backend(source: Any, num_threads: int = 1) -> PolicyBackend:
     allowed = [int(i) for i in policy.action_tokenizer.allowed_ids]
     steps = policy.action_tokenizer.tokens_per_action
     model, pad_id = policy.model.eval(), policy.text_tokenizer.pad_token_id
+    from rt2edge.models.families import get_family
+
+    clock = GenerateStageClock(get_family(policy.family), model)
 
     def act(image: Any, instruction: str) -> StepResult:
+        clock.reset()
         t0 = time.perf_counter()
         inputs = processor(images=image, text=prompt_text(instruction), return_tensors="pt")
         t1 = time.perf_counter()
@@ -161,7 +185,6 @@ def hf_generate_backend(source: Any, num_threads: int = 1) -> PolicyBackend:
             out = model.generate(**inputs, max_new_tokens=steps, do_sample=False, num_beams=1,
                                  prefix_allowed_tokens_fn=lambda batch_id, ids: allowed, pad_token_id=pad_id)
         t2 = time.perf_counter()
-        return StepResult(out[0, -steps:].cpu().numpy().astype(np.int64),
-                          {"preprocess": t1 - t0, "generate": t2 - t1, "total": t2 - t0})
+        return _step_result(policy, clock, out[0, -steps:], t0, t1, t2)
 
     return PolicyBackend("hf-generate", act, _torch_info(policy, num_threads, torch))

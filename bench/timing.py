@@ -11,7 +11,9 @@ If act() returns something with a `timing` mapping (rt2edge.runtime.Action, the 
 each stage gets its own statistics; `decode_steps` gives per-decoder-run statistics.
 
 Timings are wall-clock (time.perf_counter) of the whole call; they are comparable as ratios
-within one run on one machine, not across machines.
+within one run on one machine, not across machines. Each call's process CPU time is recorded too:
+`cpu_share` (CPU / wall) below ~0.9 for a single-threaded backend means other processes took the
+core during the loop, and `cpu` is then the better estimate of the latency on a quiet core.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class TimingReport:
     deadline_miss: dict[str, float]  # rate (Hz, as str) -> fraction of steps slower than 1 / rate
     stages: dict[str, LatencyStats] = field(default_factory=dict)
     decode_step: LatencyStats | None = None
+    decode_steps_by_index: list[LatencyStats] = field(default_factory=list)  # decode run 1, 2, ...
+    samples_s: list[float] = field(default_factory=list)  # every timed step, in order (distributions)
+    cpu: LatencyStats | None = None  # process CPU seconds per step (all threads of the process)
     safe_fallbacks: int = 0  # steps that returned the runtime's safe action instead of inferring
     peak_rss_mb: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
@@ -78,6 +83,18 @@ class TimingReport:
     def hz_sustained(self) -> float:
         """Steps per second of wall time: what a loop calling act() back to back achieves."""
         return self.steps / self.wall_s if self.wall_s > 0 else float("inf")
+
+    @property
+    def cpu_share(self) -> float | None:
+        """Process CPU time / wall time over the timed steps (1 thread: 1.0 = never preempted)."""
+        if self.cpu is None or not self.samples_s:
+            return None
+        return self.cpu.mean_s * self.cpu.count / sum(self.samples_s)
+
+    @property
+    def hz_cpu_median(self) -> float | None:
+        """1 / median CPU seconds per step: the rate a quiet core would give a 1-thread backend."""
+        return None if self.cpu is None or self.cpu.p50_s <= 0 else 1.0 / self.cpu.p50_s
 
     @property
     def jitter_std_s(self) -> float:
@@ -95,6 +112,10 @@ class TimingReport:
                 "target_rates": list(self.target_rates), "deadline_miss": dict(self.deadline_miss),
                 "stages": {k: v.to_dict() for k, v in self.stages.items()},
                 "decode_step": None if self.decode_step is None else self.decode_step.to_dict(),
+                "decode_steps_by_index": [s.to_dict() for s in self.decode_steps_by_index],
+                "samples_s": list(self.samples_s),
+                "cpu": None if self.cpu is None else self.cpu.to_dict(), "cpu_share": self.cpu_share,
+                "hz_cpu_median": self.hz_cpu_median,
                 "safe_fallbacks": self.safe_fallbacks, "peak_rss_mb": self.peak_rss_mb,
                 "info": dict(self.info)}
 
@@ -127,18 +148,23 @@ class ControlLoopTimer:
         report = timer.report("my-robot")
     """
 
-    def __init__(self, target_rates: Iterable[float] = DEFAULT_RATES, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, target_rates: Iterable[float] = DEFAULT_RATES, clock: Callable[[], float] = time.perf_counter,
+                 cpu_clock: Callable[[], float] | None = time.process_time):
         rates = tuple(float(r) for r in target_rates)
         if not rates or any(not r > 0 for r in rates):
             raise ConfigError("target_rates", f"must be positive control rates in Hz, got {rates}")
         self.target_rates = rates
         self.clock = clock
+        self.cpu_clock = cpu_clock
+        self.cpu_samples: list[float] = []
         self.latencies: list[float] = []
         self.stage_samples: dict[str, list[float]] = {}
         self.decode_samples: list[float] = []
+        self.decode_by_index: list[list[float]] = []
         self.safe_fallbacks = 0
         self._first_start: float | None = None
         self._last_end: float | None = None
+        self._closed_wall = 0.0  # wall time of blocks ended by end_block()
 
     def record(self, latency_s: float, result: Any = None) -> None:
         """Add one step's latency; stage timings and the safe-action flag are read off `result`."""
@@ -149,19 +175,34 @@ class ControlLoopTimer:
         if timing:
             for stage, seconds in timing.items():
                 self.stage_samples.setdefault(str(stage), []).append(float(seconds))
-        self.decode_samples.extend(float(s) for s in getattr(result, "decode_steps", ()) or ())
+        steps = [float(s) for s in getattr(result, "decode_steps", ()) or ()]
+        self.decode_samples.extend(steps)
+        for index, seconds in enumerate(steps):
+            if index == len(self.decode_by_index):
+                self.decode_by_index.append([])
+            self.decode_by_index[index].append(seconds)
         if getattr(result, "safe_fallback", False):
             self.safe_fallbacks += 1
 
     def measure(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call fn, time it, record it; returns fn's result."""
+        cpu_start = self.cpu_clock() if self.cpu_clock is not None else 0.0
         start = self.clock()
         result = fn(*args, **kwargs)
         end = self.clock()
+        if self.cpu_clock is not None:
+            self.cpu_samples.append(max(0.0, self.cpu_clock() - cpu_start))
         self._first_start = start if self._first_start is None else self._first_start
         self._last_end = end
         self.record(end - start, result)
         return result
+
+    def end_block(self) -> None:
+        """Close a block of back-to-back steps: the time until the next `measure` (another policy
+        runs in an interleaved benchmark) is not this policy's wall time."""
+        if self._first_start is not None and self._last_end is not None:
+            self._closed_wall += self._last_end - self._first_start
+        self._first_start = self._last_end = None
 
     def miss_rate(self, rate: float) -> float:
         """Fraction of steps whose latency exceeds the control period 1 / rate."""
@@ -173,9 +214,10 @@ class ControlLoopTimer:
     def report(self, backend: str = "custom", warmup: int = 0, info: Mapping[str, Any] | None = None) -> TimingReport:
         if not self.latencies:
             raise ConfigError("steps", "nothing was timed")
+        wall = self._closed_wall
         if self._first_start is not None and self._last_end is not None:
-            wall = self._last_end - self._first_start
-        else:  # latencies were recorded by hand: no gaps known
+            wall += self._last_end - self._first_start
+        if wall == 0.0:  # latencies were recorded by hand: no gaps known
             wall = sum(self.latencies)
         return TimingReport(
             backend=backend, warmup=warmup, steps=len(self.latencies),
@@ -184,6 +226,9 @@ class ControlLoopTimer:
             deadline_miss={_rate_key(r): self.miss_rate(r) for r in self.target_rates},
             stages={k: LatencyStats.from_samples(v) for k, v in self.stage_samples.items()},
             decode_step=LatencyStats.from_samples(self.decode_samples) if self.decode_samples else None,
+            decode_steps_by_index=[LatencyStats.from_samples(s) for s in self.decode_by_index],
+            samples_s=list(self.latencies),
+            cpu=LatencyStats.from_samples(self.cpu_samples) if self.cpu_samples else None,
             safe_fallbacks=self.safe_fallbacks, peak_rss_mb=peak_rss_mb(), info=dict(info or {}))
 
 
@@ -211,7 +256,8 @@ def time_policy(act_fn: Callable[[Any, str], Any], observations: Iterable[tuple[
     for _ in range(warmup):
         image, instruction = next(feed)
         act_fn(image, instruction)
-    timer = ControlLoopTimer(target_rates, clock)
+    # A simulated wall clock (tests) makes real CPU seconds meaningless next to it.
+    timer = ControlLoopTimer(target_rates, clock, time.process_time if clock is time.perf_counter else None)
     for _ in range(steps):
         image, instruction = next(feed)
         timer.measure(act_fn, image, instruction)

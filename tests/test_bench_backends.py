@@ -52,8 +52,15 @@ def test_eager_and_hf_generate_agree_on_the_tokens(student):
     for backend in (eager, baseline):
         result = backend.act(image, INSTRUCTION)
         np.testing.assert_array_equal(result.tokens, expected)
-        assert set(result.timing) == {"preprocess", "generate", "total"}
+        assert set(result.timing) == {"preprocess", "vision", "prefill", "decode", "overhead", "postprocess",
+                                      "generate", "total"}
         assert result.timing["total"] >= result.timing["generate"]
+        # The hooks split generate() into its stages without losing or double-counting time.
+        parts = sum(result.timing[k] for k in ("vision", "prefill", "decode", "overhead"))
+        assert parts == pytest.approx(result.timing["generate"], rel=1e-6)
+        assert result.timing["vision"] > 0 and result.timing["prefill"] > 0
+        assert len(result.decode_steps) == student.action_tokenizer.tokens_per_action - 1
+        np.testing.assert_allclose(result.values, student.action_tokenizer.decode(expected[None])[0])
     report = time_policy(baseline.act, _observations(64), warmup=1, steps=2, backend=baseline.name)
     assert report.stages["generate"].count == 2 and report.info == {}
 
@@ -93,7 +100,8 @@ def test_machine_probe_is_quick_and_positive():
 def test_bench_core_imports_no_torch():
     """The cost model, projection, timing and the runtime backend stay usable on a robot."""
     code = ("import sys, bench, bench.costs, bench.projection, bench.calibration, bench.timing, "
-            "bench.machine, bench.onnx_costs, bench.backends, bench.devices; "
+            "bench.machine, bench.onnx_costs, bench.backends, bench.devices, bench.pipeline, "
+            "bench.compare, bench.render_html, bench.render_md, bench.fidelity, rt2edge.commands.bench; "
             "bench.comparison_table(); "
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")

@@ -111,3 +111,37 @@ def test_stats_need_samples():
         LatencyStats.from_samples([])
     with pytest.raises(ConfigError, match="nothing was timed"):
         ControlLoopTimer().report()
+
+
+def test_blocks_count_only_their_own_wall_time():
+    """Interleaved benchmarks: the gap between a policy's blocks is another policy's time."""
+    clock = FakeClock()
+    timer = ControlLoopTimer(target_rates=(10,), clock=clock)
+
+    def act(image, instruction):
+        clock.now += 0.05
+
+    for block in range(3):
+        for _ in range(4):
+            timer.measure(act, IMAGE, "x")
+        timer.end_block()
+        clock.now += 10.0  # other variants run here
+    report = timer.report("interleaved")
+    assert report.steps == 12 and report.wall_s == pytest.approx(12 * 0.05)
+    assert report.hz_sustained == pytest.approx(20.0)
+
+
+def test_cpu_time_is_recorded_next_to_wall_time():
+    """A loop preempted half of the time: wall 2x the CPU time, cpu_share 0.5."""
+    wall, cpu = FakeClock(), FakeClock()
+    timer = ControlLoopTimer(target_rates=(10,), clock=wall, cpu_clock=cpu)
+
+    def act(image, instruction):
+        cpu.now += 0.01
+        wall.now += 0.02
+
+    for _ in range(5):
+        timer.measure(act, IMAGE, "x")
+    report = timer.report("preempted")
+    assert report.cpu.p50_s == pytest.approx(0.01) and report.latency.p50_s == pytest.approx(0.02)
+    assert report.cpu_share == pytest.approx(0.5) and report.hz_cpu_median == pytest.approx(100.0)
