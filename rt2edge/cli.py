@@ -12,7 +12,7 @@ import importlib
 import typer
 
 # Each stage adds its module here as it lands; no placeholder commands.
-COMMAND_MODULES: tuple[str, ...] = ("info", "act", "data", "export", "distill", "eval")
+COMMAND_MODULES: tuple[str, ...] = ("info", "act", "data", "export", "distill", "eval", "bench", "quantize", "pipeline")
 
 app = typer.Typer(
     name="rt2edge",
