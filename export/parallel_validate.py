@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from export.reference import OnnxDecodeRunner
-from export.validate import Observation, ValidationReport, _max_diff, _runtime_bins, _torch_image_embeds
+from export.validate import (Observation, ValidationReport, _max_diff, _torch_image_embeds,
+                             finish_validation)
 from rt2edge.artifact import ModelSpec
-from rt2edge.errors import ExportValidationError
 
 
 @dataclass
@@ -135,16 +135,7 @@ def validate_parallel_artifact(policy, folder: Path, model: ModelSpec, observati
     for frame, ref in zip(report.frames, frames):
         _compare(frame, ref["logits"], allowed)
     report.batch = _batch_check(runner, frames, onnx)
-    if run_runtime:
-        bins, report.runtime = _runtime_bins(folder, observations)
-        for frame, b in zip(report.frames, bins or []):
-            frame.runtime_bins = b
-    _judge(report)
-    if not report.passed:
-        error = ExportValidationError("export validation failed:\n  " + "\n  ".join(report.failures))
-        error.report = report
-        raise error
-    return report
+    return finish_validation(report, folder, observations, run_runtime, _judge)
 
 
 def _judge(report: ParallelValidationReport) -> None:

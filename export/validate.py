@@ -241,11 +241,18 @@ def validate_artifact(policy, folder: Path, model: ModelSpec, observations: Sequ
     for frame, logits in zip(report.frames, torch_logits):
         _divergence(frame, logits, allowed)
     report.batch = _batch_check(runner, torch_frames, steps)
+    return finish_validation(report, folder, observations, run_runtime, _judge)
+
+
+def finish_validation(report, folder: Path, observations: Sequence[Observation], run_runtime: bool,
+                      judge) -> Any:
+    """The tail every validator shares: the runtime's bins per frame, the verdict (`judge` fills
+    report.failures), and a typed error carrying the report when it failed."""
     if run_runtime:
         bins, report.runtime = _runtime_bins(folder, observations)
         for frame, b in zip(report.frames, bins or []):
             frame.runtime_bins = b
-    _judge(report)
+    judge(report)
     if not report.passed:
         error = ExportValidationError("export validation failed:\n  " + "\n  ".join(report.failures))
         error.report = report
