@@ -76,6 +76,20 @@ def test_batched_policies_step_several_envs_and_keep_the_plan_order():
     assert [e.instruction for e in single.episodes] == [e.instruction for e in result.episodes]
 
 
+def test_object_counts_set_the_scenes_like_data_generate_objects():
+    class CountingPolicy(ConstantPolicy):
+        counts: list[int] = []
+
+        def attach_env(self, env):
+            self.counts.append(len(env.scene.objects))
+
+    policy = CountingPolicy()
+    evaluate(policy, episodes=4, seed=0, splits=["train"], max_steps=2, object_counts=(2,), record=False)
+    assert policy.counts and set(policy.counts) == {2}
+    with pytest.raises(ConfigError):
+        evaluate(policy, episodes=1, splits=["train"], object_counts=(9,))
+
+
 def test_malformed_actions_and_options_are_refused():
     class Bad:
         def act(self, image, instruction):

@@ -17,6 +17,14 @@ def bad_option(exc: ConfigError, aliases: Mapping[str, str] | None = None) -> ty
     return typer.BadParameter(str(exc), param_hint=f"--{option}")
 
 
+def int_list(text: str, field: str) -> list[int]:
+    """`"3,4"` -> [3, 4]; anything else is a ConfigError on `field`."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise ConfigError(field, f"expected comma-separated integers, got {text!r}") from exc
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Typed rt2edge errors (bad input, corrupt artifact, missing extra) print one line and exit 2

@@ -8,17 +8,10 @@ from typing import Optional
 
 import typer
 
-from rt2edge.commands import bad_option
+from rt2edge.commands import bad_option, int_list
 from rt2edge.errors import ConfigError
 
 _OPTION_OF_FIELD = {"object_counts": "objects"}
-
-
-def _ints(text: str, field: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise ConfigError(field, f"expected comma-separated integers, got {text!r}") from exc
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +40,7 @@ def register(app: typer.Typer) -> None:
             cfg = GenerateConfig(
                 out=str(out), episodes=episodes, seed=seed, image_size=image_size, split=split,
                 families=None if families is None else tuple(f.strip() for f in families.split(",")),
-                object_counts=tuple(_ints(objects, "object_counts")),
+                object_counts=tuple(int_list(objects, "object_counts")),
                 action_noise=action_noise, max_steps=max_steps,
             )
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from rt2edge.commands import bad_option, user_errors
+from rt2edge.commands import bad_option, int_list, user_errors
 
 SPLIT_CHOICES = {"train": ("train",), "heldout": ("heldout",), "both": ("train", "heldout")}
 
@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         families: Optional[str] = typer.Option(None, "--families", help="Comma-separated (default all)."),
         num_envs: int = typer.Option(8, "--num-envs", help="Envs stepped together (torch policies)."),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Default: the env's limit."),
+        objects: Optional[str] = typer.Option(None, "--objects",
+                                              help="Objects per scene, comma-separated (default 3,4: "
+                                                   "match the data's `data generate --objects`)."),
         gif: Optional[Path] = typer.Option(None, "--gif", help="Write one rollout: .gif or .png strip."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
         providers: Optional[str] = typer.Option(None, "--providers", help="Artifact backends, best first."),
@@ -47,9 +50,10 @@ def register(app: typer.Typer) -> None:
                 policy = load_policy(policy_path, providers=providers)
                 result = evaluate(policy, episodes=episodes, seed=seed, splits=SPLIT_CHOICES[split],
                                   families=None if families is None else [f.strip() for f in families.split(",")],
-                                  num_envs=num_envs, max_steps=max_steps, record=gif is not None)
+                                  num_envs=num_envs, max_steps=max_steps, record=gif is not None,
+                                  object_counts=None if objects is None else int_list(objects, "object_counts"))
             except ConfigError as exc:
-                raise bad_option(exc) from exc
+                raise bad_option(exc, {"object_counts": "objects"}) from exc
         typer.echo(result.format_table())
         if json_out is not None:
             typer.echo(f"results: {result.save_json(json_out)}")

@@ -54,7 +54,8 @@ class _Episode:
     frames: list[np.ndarray] | None = field(default=None, repr=False)
 
 
-def _default_env_factory(image_size: int | None, max_steps: int | None) -> Callable[[str], Any]:
+def _default_env_factory(image_size: int | None, max_steps: int | None,
+                         object_counts: Sequence[int] | None = None) -> Callable[[str], Any]:
     def make(split: str) -> Any:
         from rt2edge.sim import TabletopEnv  # gymnasium: imported only when an evaluation runs
 
@@ -63,6 +64,8 @@ def _default_env_factory(image_size: int | None, max_steps: int | None) -> Calla
             kwargs["image_size"] = image_size
         if max_steps is not None:
             kwargs["max_steps"] = max_steps
+        if object_counts is not None:
+            kwargs["object_counts"] = tuple(object_counts)
         return TabletopEnv(**kwargs)
 
     return make
@@ -71,12 +74,14 @@ def _default_env_factory(image_size: int | None, max_steps: int | None) -> Calla
 def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[str] = SPLITS,
              families: Sequence[str] | None = None, num_envs: int = 8, max_steps: int | None = None,
              image_size: int | None = None, record: bool = True,
+             object_counts: Sequence[int] | None = None,
              env_factory: Callable[[str], Any] | None = None,
              progress: Callable[[EpisodeResult], None] | None = None) -> EvaluationResult:
     """Run `episodes` episodes per split and return the per-family success rates.
 
     policy: an ActionPolicy (see policies.py). record: keep the frames of episode 0 of the first
-    split for a GIF / image strip. env_factory(split) -> env replaces the default TabletopEnv.
+    split for a GIF / image strip. object_counts: objects per scene (default: the env's; match
+    the training data's `--objects`). env_factory(split) -> env replaces the default TabletopEnv.
     progress: called with each finished episode.
     """
     if episodes < 1:
@@ -85,7 +90,7 @@ def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[st
         raise ConfigError("num_envs", f"must be >= 1, got {num_envs}")
     if not splits:
         raise ConfigError("split", "name at least one split")
-    make_env = env_factory or _default_env_factory(image_size, max_steps)
+    make_env = env_factory or _default_env_factory(image_size, max_steps, object_counts)
     start = time.perf_counter()
     results: list[EpisodeResult] = []
     recorded: tuple[np.ndarray, EpisodeResult] | None = None
