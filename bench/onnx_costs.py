@@ -8,8 +8,9 @@ kept something it should not (a full-vocabulary head, a duplicated weight, an fp
     cost = onnx_graph_cost("artifact/decoder.onnx", dims={"batch": 1, "seq": 80, "past": 0})
 
 Counted (same conventions as bench/costs.py): MACs of MatMul, Gemm, Conv, MatMulInteger and
-com.microsoft MatMulNBits, from shapes after ONNX shape inference with the symbolic dims fixed
-by `dims`. A matmul whose shapes stay unknown is listed in `unresolved`, never guessed.
+com.microsoft MatMulNBits, and the two attention matmuls inside com.microsoft GroupQueryAttention
+(the onnxruntime target's fused decoder; the plain graph has them as MatMul nodes), from shapes
+after ONNX shape inference with the symbolic dims fixed by `dims`. A matmul whose shapes stay unknown is listed in `unresolved`, never guessed.
 Initializer bytes are split by use: matmul weights (also through Cast / Transpose /
 DequantizeLinear / Reshape), lookup tables (Gather: only the gathered rows are read per run) and
 the rest (biases, norm weights, shape constants).
@@ -28,7 +29,7 @@ from rt2edge.optional import is_available, require
 
 log = logging.getLogger(__name__)
 
-MATMUL_OPS = ("MatMul", "MatMulInteger", "Gemm", "Conv", "MatMulNBits")
+MATMUL_OPS = ("MatMul", "MatMulInteger", "Gemm", "Conv", "MatMulNBits", "GroupQueryAttention")
 PASS_THROUGH = ("Cast", "Transpose", "DequantizeLinear", "Reshape", "Identity", "Unsqueeze", "Squeeze")
 
 
@@ -134,6 +135,16 @@ def _known(shape: list[int | None] | None) -> bool:
 def _node_macs(node: Any, shapes: Mapping[str, list[int | None]]) -> int | None:
     """MACs of one matmul-like node, or None when its shapes are unknown."""
     a = shapes.get(node.input[0])
+    if node.op_type == "GroupQueryAttention":
+        # q @ k^T and p @ v over every (query, key) pair: B x H x T x (P + T) x Hd each, as the
+        # plain graph's two MatMuls count them (its causal mask is applied after the matmul).
+        # Keys = past + new (the past input's shape: shape inference of the present output
+        # is not reliable for this op).
+        past = shapes.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+        heads = next((x.i for x in node.attribute if x.name == "num_heads"), None)
+        if not (_known(a) and _known(past) and heads):
+            return None
+        return 2 * a[0] * heads * a[1] * (past[2] + a[1]) * past[3]
     if node.op_type == "MatMulNBits":
         attrs = {x.name: x.i for x in node.attribute}
         return prod(a[:-1]) * attrs["K"] * attrs["N"] if _known(a) else None

@@ -35,9 +35,10 @@ class ExportConfig:
     Args:
         checkpoint: a VLAPolicy checkpoint folder (HF save_pretrained + rt2edge.json).
         out: the artifact folder to write; it appears whole or not at all.
-        target: a registered export target ("onnx", "tensorrt"; export/targets.py).
+        target: a registered export target (export/targets.py): "onnxruntime" (fused contrib ops
+            in the decoder, ONNX Runtime only), "onnx" (plain ONNX) or "tensorrt".
         precision: weights of the graphs; IO stays float32 either way.
-        opset: ONNX opset; the tensorrt target needs <= 20.
+        opset: ONNX opset; the tensorrt target needs <= 25 (trt_check.MAX_OPSET).
         validate_frames: random observations to validate on when the caller gives none.
         atol / rtol / min_token_agreement: None means the precision's default (DEFAULT_TOLERANCES).
         seed: of the random validation observations.
@@ -49,7 +50,7 @@ class ExportConfig:
 
     checkpoint: Path
     out: Path
-    target: str = "onnx"
+    target: str = "onnxruntime"
     precision: str = "fp32"
     opset: int = 18
     validate_frames: int = 4

@@ -86,6 +86,33 @@ def action_head_rows(lm_head: nn.Linear, token_ids: Sequence[int]) -> tuple[torc
     return weight, bias
 
 
+def prefix_attention_mask(query_pos: torch.Tensor, key_len: torch.SymInt | int, prefix_length: torch.Tensor,
+                          batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive (B, 1, T, P+T) mask. [Contract] key k is visible to query q iff k <= q (causal)
+    or both lie in the bidirectional prefix (k, q < prefix_length): HF PaliGemma's
+    token_type_ids == 0 block; prefix_length = 0 gives LLaVA's plain causal mask."""
+    key_pos = torch.arange(key_len, device=query_pos.device)
+    causal = key_pos[None, :] <= query_pos[:, None]
+    in_prefix = (key_pos[None, :] < prefix_length) & (query_pos[:, None] < prefix_length)
+    visible = causal | in_prefix
+    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=query_pos.device)
+    mask = torch.where(visible, torch.zeros((), dtype=dtype, device=query_pos.device), blocked)
+    return mask[None, None].expand(batch, 1, mask.shape[0], mask.shape[1])
+
+
+def head_outputs(last: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(action_logits float32 (B, n_bins), action_bin (B,)) from the last position's normed state.
+    [Contract] action_bin = argmax, first index on ties (as numpy/torch)."""
+    logits = last @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    if softcap is not None:  # Gemma-2 style final soft-capping, as HF applies it
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits.to(FLOAT)
+    return logits, torch.argmax(logits, dim=-1)
+
+
 class DecoderGraph(nn.Module):
     """One graph for prefill (T = prompt length, P = 0) and decode (T = 1, P > 0)."""
 
@@ -109,16 +136,7 @@ class DecoderGraph(nn.Module):
 
     def attention_mask(self, query_pos: torch.Tensor, key_len: torch.SymInt | int,
                        prefix_length: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        """Additive (B, 1, T, P+T) mask. [Contract] key k is visible to query q iff k <= q
-        (causal) or both lie in the bidirectional prefix (k, q < prefix_length): HF PaliGemma's
-        token_type_ids == 0 block; prefix_length = 0 gives LLaVA's plain causal mask."""
-        key_pos = torch.arange(key_len, device=query_pos.device)
-        causal = key_pos[None, :] <= query_pos[:, None]
-        in_prefix = (key_pos[None, :] < prefix_length) & (query_pos[:, None] < prefix_length)
-        visible = causal | in_prefix
-        blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=query_pos.device)
-        mask = torch.where(visible, torch.zeros((), dtype=dtype, device=query_pos.device), blocked)
-        return mask[None, None].expand(batch, 1, mask.shape[0], mask.shape[1])
+        return prefix_attention_mask(query_pos, key_len, prefix_length, batch, dtype)
 
     def forward(self, inputs_embeds: torch.Tensor, past_length: torch.Tensor,
                 prefix_length: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -136,13 +154,7 @@ class DecoderGraph(nn.Module):
             hidden = layer(hidden, attention_mask=mask, position_ids=position_ids,
                            past_key_values=cache, use_cache=True, position_embeddings=rope)
         last = self.norm(hidden[:, -1])
-        logits = last @ self.action_head.T
-        if self.action_bias is not None:
-            logits = logits + self.action_bias
-        if self.softcap is not None:  # Gemma-2 style final soft-capping, as HF applies it
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        logits = logits.to(FLOAT)
-        outputs: list[torch.Tensor] = [logits, torch.argmax(logits, dim=-1)]
+        outputs = list(head_outputs(last, self.action_head, self.action_bias, self.softcap))
         for key, value in cache.present:
             outputs += [key.to(FLOAT), value.to(FLOAT)]
         return tuple(outputs)

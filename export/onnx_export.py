@@ -1,5 +1,8 @@
 """torch -> ONNX for the three artifact graphs (torch.onnx dynamo exporter), with their IO specs.
 
+The decoder is `DecoderGraph` (plain ONNX) or, for the onnxruntime target, `FusedDecoderGraph`
+(ONNX Runtime contrib ops); both have the same IO.
+
 Each graph is exported from its own wrapper (export/graphs.py) with dynamic batch / sequence /
 past dims, renamed to the symbolic names of docs/artifact-format.md so that the manifest, the ONNX
 files and TensorRT optimization profiles all speak of the same "batch", "seq", "past" and
@@ -21,6 +24,7 @@ from torch import nn
 from torch.export import Dim
 
 from export.adapters import ExportAdapter
+from export.fused_decoder import FusedDecoderGraph
 from export.graphs import DecoderGraph, EmbedGraph, VisionGraph, eager_attention
 from rt2edge.artifact import GraphSpec, TensorSpec, cache_names
 
@@ -123,14 +127,22 @@ def _save(proto: onnx.ModelProto, path: Path) -> str | None:
     return data
 
 
-def build_wrappers(model: nn.Module, adapter: ExportAdapter, token_ids: Sequence[int]) -> dict[str, nn.Module]:
-    """The three graph modules; they share the model's parameters (no copy in fp32)."""
+def build_wrappers(model: nn.Module, adapter: ExportAdapter, token_ids: Sequence[int],
+                   fused_positions: int | None = None) -> dict[str, nn.Module]:
+    """The three graph modules; they share the model's parameters (no copy in fp32, except the
+    fused decoder's packed q|k|v weights). fused_positions: None for the plain decoder, else the
+    rotary positions the fused decoder must cover (export/fused_decoder.py)."""
     language = adapter.language_model(model)
+    text_config = adapter.text_config(model)
+    if fused_positions is None:
+        decoder = DecoderGraph(language, adapter.lm_head(model), token_ids, text_config, adapter.position_offset)
+    else:
+        decoder = FusedDecoderGraph(language, adapter.lm_head(model), token_ids, text_config,
+                                    adapter.position_offset, fused_positions, adapter.prefix_lm)
     return {
         "vision": VisionGraph(adapter.vision_module(model)),
         "embed": EmbedGraph(language.embed_tokens),
-        "decoder": DecoderGraph(language, adapter.lm_head(model), token_ids, adapter.text_config(model),
-                                adapter.position_offset),
+        "decoder": decoder,
     }
 
 
@@ -161,10 +173,11 @@ def export_graph(name: str, module: nn.Module, dims: ModelDims, folder: Path, op
 
 
 def export_graphs(model: nn.Module, adapter: ExportAdapter, token_ids: Sequence[int], dims: ModelDims,
-                  folder: Path, opset: int, precision: str) -> dict[str, ExportedGraph]:
+                  folder: Path, opset: int, precision: str, fused_positions: int | None = None
+                  ) -> dict[str, ExportedGraph]:
     if precision not in PRECISION_DTYPES:
         raise ValueError(f"precision must be one of {sorted(PRECISION_DTYPES)}, got {precision!r}")
-    wrappers = build_wrappers(model, adapter, token_ids)
+    wrappers = build_wrappers(model, adapter, token_ids, fused_positions)
     text_config = adapter.text_config(model)
     return {name: export_graph(name, module, dims, folder, opset, precision, text_config)
             for name, module in wrappers.items()}

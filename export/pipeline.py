@@ -1,6 +1,7 @@
 """`export.run(cfg)`: a VLAPolicy checkpoint -> a validated deploy artifact (docs/artifact-format.md).
 
     checkpoint ──► vision.onnx / embed.onnx / decoder.onnx (action-only head) + tokenizer.json
+                   (decoder with ONNX Runtime's fused ops for --target onnxruntime)
                ──► target check (onnx checker; TensorRT parser rules for --target tensorrt)
                ──► manifest.json ──► validation: torch vs ONNX Runtime vs rt2edge.runtime
                ──► export_report.json, export_config.json, final manifest
@@ -60,12 +61,25 @@ def checkpoint_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def longest_prompt(policy) -> int:
+    """Tokens of the longest prompt the checkpoint's PromptFormat allows (the runtime refuses
+    longer instructions)."""
+    prompt = policy.prompt
+    return (prompt.num_image_tokens + (prompt.bos_token_id is not None) + prompt.max_text_tokens
+            + len(prompt.suffix_ids))
+
+
+def fused_positions(policy, cfg: ExportConfig) -> int:
+    """Rotary positions the fused decoder's cos/sin cache holds: every position a decode reaches
+    (the longest prompt, or the profile's if larger, plus the action tokens)."""
+    return max(longest_prompt(policy), cfg.max_prompt_tokens or 0) + policy.action_tokenizer.tokens_per_action
+
+
 def profile_sizes(policy, cfg: ExportConfig) -> dict[str, tuple[int, int, int]]:
     """min/opt/max of each symbolic dim. opt is the decode step (seq 1, past = a prompt): it runs
     tokens_per_action - 1 times per action, the prefill once."""
     prompt = policy.prompt
-    longest = (prompt.num_image_tokens + (prompt.bos_token_id is not None) + prompt.max_text_tokens
-               + len(prompt.suffix_ids))
+    longest = longest_prompt(policy)
     max_prompt = cfg.max_prompt_tokens or longest
     steps = policy.action_tokenizer.tokens_per_action
     text = max(1, max_prompt - prompt.num_image_tokens)
@@ -144,7 +158,8 @@ def run(cfg: ExportConfig, observations: Iterable[Observation] | None = None) ->
                                               policy.slots.slot_token_ids, dims, tmp, cfg.opset, cfg.precision)
         else:
             exported = export_graphs(policy.model, adapter, tokenizer.token_ids.tolist(), dims, tmp,
-                                     cfg.opset, cfg.precision)
+                                     cfg.opset, cfg.precision,
+                                     fused_positions(policy, cfg) if target.fuses_decoder else None)
         timings["export_s"] = time.perf_counter() - t
         graphs = {name: e.spec for name, e in exported.items()}
         check_no_full_vocab_head(tmp, dims)
@@ -153,7 +168,7 @@ def run(cfg: ExportConfig, observations: Iterable[Observation] | None = None) ->
         files = {"tokenizer": FileSpec(TOKENIZER_FILE)}
         files.update({f"{name}.data": FileSpec(e.data_file) for name, e in exported.items() if e.data_file})
         profiles = optimization_profiles(graphs, profile_sizes(policy, cfg))
-        extra = target.manifest_extra(profiles)
+        extra = target.manifest_extra(profiles, checks)
         # A first manifest, so the robot runtime can load the artifact during validation.
         write_manifest(tmp, _manifest(policy, cfg, graphs, dims, adapter, files, extra, source_sha256))
 

@@ -28,7 +28,9 @@ from onnx import TensorProto, numpy_helper
 
 from rt2edge.errors import ExportValidationError
 
-MAX_OPSET = 20
+# TensorRT 11.x's parser takes opsets up to 25 (NVIDIA "ONNX Opset Guide", TensorRT 11.x column);
+# 21 is the floor that matters here: blocked int4 DequantizeLinear (block_size) is an opset-21 op.
+MAX_OPSET = 25
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 # Ops TensorRT's ONNX parser rejects, with why (what to do instead).

@@ -8,7 +8,8 @@ Output: a new artifact in the work folder (the stage renames it into place only 
 succeeded): the quantized graphs, the source's untouched graphs and tokenizer copied, and a new
 manifest (written by `write_manifest`, so every hash is the new file's) with
   precision     the method name ("int8-dynamic", "int8-qdq", "int4-matmulnbits", "int4-qdq")
-  target        "onnx" or "tensorrt" (QuantizeConfig.target)
+  target        "onnx" or "tensorrt" (QuantizeConfig.target); "onnxruntime" for an "onnx" output
+                of an "onnxruntime" source (its contrib ops stay in the graphs)
   quantization  what was done (docs/artifact-format.md, "Quantized artifacts")
   provenance    the source's, plus the source artifact's path and manifest sha256 and the method
 The source's export_report/export_config describe the fp32 export and are not carried over.
@@ -49,10 +50,21 @@ def read_source(source: Path) -> ArtifactManifest:
 
 
 def check_target(target: str | None, manifest: ArtifactManifest, source: Path) -> None:
-    """A TensorRT output needs the optimization profiles only the exporter can compute."""
+    """A TensorRT output needs plain graphs and the optimization profiles only the exporter can
+    compute."""
+    if target == "tensorrt" and manifest.target == "onnxruntime":
+        raise ConfigError("target", f"{str(source)!r} was exported for target 'onnxruntime': its decoder holds "
+                                    "ONNX Runtime contrib ops (com.microsoft) that TensorRT cannot parse; "
+                                    "re-export it with --target tensorrt")
     if target == "tensorrt" and not (manifest.extra.get("tensorrt") or {}).get("profiles"):
         raise ConfigError("target", f"{str(source)!r} was exported for target {manifest.target!r} and has no "
                                     "'tensorrt.profiles'; re-export it with --target tensorrt")
+
+
+def output_target(target: str, manifest: ArtifactManifest) -> str:
+    """The manifest target of the quantized artifact: an "onnx" output of an "onnxruntime"
+    source keeps "onnxruntime", since its graphs still hold the source's contrib ops."""
+    return "onnxruntime" if target == "onnx" and manifest.target == "onnxruntime" else target
 
 
 def deployed_bytes(folder: Path, manifest: ArtifactManifest) -> int:

@@ -27,7 +27,8 @@ import onnxruntime
 from rt2edge.artifact import ArtifactManifest
 from rt2edge.errors import ConfigError
 from quantize.config import QuantizeConfig
-from quantize.onnx_artifact import check_target, deployed_bytes, list_report_files, read_source, write_artifact
+from quantize.onnx_artifact import (check_target, deployed_bytes, list_report_files, output_target, read_source,
+                                    write_artifact)
 from quantize.onnx_graph import (QUANTIZABLE_GRAPHS, WeightLayer, graph_opset, graph_weight_bytes, name_nodes,
                                  weight_layers)
 from quantize.onnx_probe import ArtifactProbe
@@ -154,7 +155,7 @@ def run_onnx_method(cfg: QuantizeConfig, work_dir: Path, observations: list[Obse
                                                 if layer.key not in {c.key for c in layers}]}
         record = {
             "method": cfg.method, "bits": cfg.bits, "block_size": cfg.block_size, "algorithm": cfg.algorithm,
-            "target": cfg.target, "kept_groups": list(cfg.keep_groups),
+            "target": output_target(cfg.target, manifest), "kept_groups": list(cfg.keep_groups),
             "kept_sensitive_layers": [r.layer.label for r in ranking[:cfg.keep_sensitive]],
             "graphs": per_graph, "quantize_seconds": round(time.perf_counter() - start, 3),
             "calibration": {"source": cfg.calibration, "frames": len(observations),
@@ -163,7 +164,7 @@ def run_onnx_method(cfg: QuantizeConfig, work_dir: Path, observations: list[Obse
             **(details or {}),
         }
         new_manifest = write_artifact(cfg.source, manifest, work_dir, outputs, method=cfg.method,
-                                      target=cfg.target, record=record,
+                                      target=output_target(cfg.target, manifest), record=record,
                                       versions={"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__})
         reference_logits = ctx.reference.logits
     files = {g: spec.file for g, spec in manifest.graphs.items()}

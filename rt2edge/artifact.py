@@ -41,7 +41,9 @@ DECODING_VERSIONS = {"autoregressive": 1, "parallel": 2}
 DECODINGS = tuple(DECODING_VERSIONS)
 MANIFEST_FILE = "manifest.json"
 GRAPH_NAMES = ("vision", "embed", "decoder")
-TARGETS = ("onnx", "tensorrt")
+# What the graphs are for: "onnxruntime" graphs may hold ONNX Runtime contrib ops (com.microsoft),
+# "onnx" and "tensorrt" graphs hold default-domain ops only (docs/artifact-format.md, "Targets").
+TARGETS = ("onnxruntime", "onnx", "tensorrt")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
 _CHUNK = 1 << 20
 

@@ -24,16 +24,12 @@ from export.reference import OnnxDecodeRunner  # noqa: E402
 from rt2edge.actions import ActionStatistics  # noqa: E402
 from rt2edge.artifact import load_manifest  # noqa: E402
 from rt2edge.errors import ConfigError, ExportValidationError  # noqa: E402
-from rt2edge.models.families import SpecialTokenIds, VLMSize, build_model, get_family  # noqa: E402
+from rt2edge.models.families import VLMSize  # noqa: E402
 from rt2edge.models.policy import VLAPolicy  # noqa: E402
-from rt2edge.models.presets import default_corpus  # noqa: E402
-from rt2edge.models.text_tokenizer import train_text_tokenizer  # noqa: E402
+from tiny_policies import TINY, build_tiny_policy  # noqa: E402
 
 torch.set_num_threads(1)
 
-TINY = dict(vision_hidden_size=32, vision_layers=1, vision_heads=2, vision_intermediate_size=64,
-            hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
-            image_size=32, patch_size=8)
 VARIANTS = {
     "llava": ("llava", VLMSize(**TINY)),
     "paligemma": ("paligemma", VLMSize(**TINY, decoder="gemma", tie_word_embeddings=True)),
@@ -41,38 +37,27 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_text_tokenizer(default_corpus(), vocab_size=400)
-
-
 def tiny_policy(tokenizer, variant: str, statistics=None) -> VLAPolicy:
-    family, size = VARIANTS[variant]
-    tokens = SpecialTokenIds(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                             tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<image>"))
-    return VLAPolicy.from_model(build_model(get_family(family), size, tokens, seed=0), tokenizer,
-                                statistics=statistics)
+    return build_tiny_policy(tokenizer, *VARIANTS[variant], statistics=statistics)
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, tokenizer) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("checkpoints")
-    out = {}
+def checkpoints(tmp_path_factory, tokenizer, tiny_llava_checkpoint) -> dict[str, Path]:
+    """llava: the session's tiny checkpoint (no statistics); paligemma: with two datasets' statistics."""
+    path = tmp_path_factory.mktemp("checkpoints") / "paligemma"
     lo, hi = -0.05 * np.ones(7), 0.05 * np.ones(7)
     two_datasets = {"sim": ActionStatistics(q01=lo, q99=hi, min=lo, max=hi),
                     "bridge": ActionStatistics(q01=2 * lo, q99=2 * hi, min=2 * lo, max=2 * hi)}
-    for variant in ("llava", "paligemma"):
-        statistics = two_datasets if variant == "paligemma" else None
-        tiny_policy(tokenizer, variant, statistics=statistics).save_pretrained(root / variant)
-        out[variant] = root / variant
-    return out
+    tiny_policy(tokenizer, "paligemma", statistics=two_datasets).save_pretrained(path)
+    return {"llava": tiny_llava_checkpoint, "paligemma": path}
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, checkpoints) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("artifacts")
-    return {variant: export.run(export.ExportConfig(checkpoint=ckpt, out=root / variant, validate_frames=4))
-            for variant, ckpt in checkpoints.items()}
+def artifacts(tmp_path_factory, checkpoints, tiny_llava_artifact) -> dict[str, Path]:
+    """Both exported for the default target and validated on 4 observations (llava: the session's)."""
+    out = tmp_path_factory.mktemp("artifacts") / "paligemma"
+    paligemma = export.run(export.ExportConfig(checkpoint=checkpoints["paligemma"], out=out, validate_frames=4))
+    return {"llava": tiny_llava_artifact, "paligemma": paligemma}
 
 
 def _report(artifact: Path) -> dict:

@@ -27,19 +27,13 @@ from export.trt_check import check_tensorrt_compatibility  # noqa: E402
 from rt2edge import artifact  # noqa: E402
 from rt2edge.artifact import load_manifest, write_manifest  # noqa: E402
 from rt2edge.errors import ArtifactError, ExportValidationError  # noqa: E402
-from rt2edge.models.families import SpecialTokenIds, VLMSize, build_model, get_family  # noqa: E402
 from rt2edge.models.parallel import ParallelVLAPolicy  # noqa: E402
 from rt2edge.models.policy import VLAPolicy  # noqa: E402
-from rt2edge.models.presets import default_corpus  # noqa: E402
-from rt2edge.models.text_tokenizer import train_text_tokenizer  # noqa: E402
 from rt2edge.runtime import Policy  # noqa: E402
 from rt2edge.sim import TabletopEnv  # noqa: E402
+from tiny_policies import build_tiny_policy  # noqa: E402
 
 torch.set_num_threads(1)
-
-TINY = dict(vision_hidden_size=32, vision_layers=1, vision_heads=2, vision_intermediate_size=64,
-            hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
-            image_size=32, patch_size=8)
 
 
 def simulator_frames(n: int) -> list[tuple[np.ndarray, str]]:
@@ -53,11 +47,8 @@ def simulator_frames(n: int) -> list[tuple[np.ndarray, str]]:
     return out
 
 
-def trained_policy() -> ParallelVLAPolicy:
-    tokenizer = train_text_tokenizer(default_corpus(), vocab_size=400)
-    tokens = SpecialTokenIds(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                             tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<image>"))
-    ar = VLAPolicy.from_model(build_model(get_family("llava"), VLMSize(**TINY), tokens, seed=0), tokenizer)
+def trained_policy(tokenizer) -> ParallelVLAPolicy:
+    ar = build_tiny_policy(tokenizer)
     policy = ParallelVLAPolicy.from_autoregressive(ar, seed=1, copy_model=False)
     env = TabletopEnv(image_size=32, split="train")
     frames, texts, actions = [], [], []
@@ -84,9 +75,9 @@ def frames():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, tokenizer) -> Path:
     path = tmp_path_factory.mktemp("parallel") / "ckpt"
-    trained_policy().save_pretrained(path)
+    trained_policy(tokenizer).save_pretrained(path)
     return path
 
 

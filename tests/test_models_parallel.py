@@ -12,18 +12,15 @@ pytest.importorskip("transformers")
 
 from rt2edge.errors import ArtifactError, ConfigError, InputError  # noqa: E402
 from rt2edge.models import checkpoint  # noqa: E402
-from rt2edge.models.families import SpecialTokenIds, VLMSize, build_model, get_family  # noqa: E402
+from rt2edge.models.families import VLMSize  # noqa: E402
 from rt2edge.models.parallel import ParallelVLAPolicy, slot_attention_mask  # noqa: E402
 from rt2edge.models.policy import VLAPolicy  # noqa: E402
-from rt2edge.models.presets import build_preset, default_corpus  # noqa: E402
-from rt2edge.models.text_tokenizer import train_text_tokenizer  # noqa: E402
+from rt2edge.models.presets import build_preset  # noqa: E402
 from rt2edge.sim import TabletopEnv  # noqa: E402
+from tiny_policies import TINY, build_tiny_policy  # noqa: E402
 
 torch.set_num_threads(1)
 
-TINY = dict(vision_hidden_size=32, vision_layers=1, vision_heads=2, vision_intermediate_size=64,
-            hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
-            image_size=32, patch_size=8)
 VARIANTS = {"llava": ("llava", VLMSize(**TINY)),
             "llava-qwen2": ("llava", VLMSize(**TINY, decoder="qwen2")),
             "paligemma": ("paligemma", VLMSize(**TINY, decoder="gemma", tie_word_embeddings=True))}
@@ -31,16 +28,8 @@ INSTRUCTIONS = ["pick up the red block", "open the drawer",
                 "move the blue cube near the green ball and then lift the yellow cup"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_text_tokenizer(default_corpus(), vocab_size=400)
-
-
 def autoregressive(tokenizer, variant="llava", seed=0) -> VLAPolicy:
-    family, size = VARIANTS[variant]
-    tokens = SpecialTokenIds(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                             tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<image>"))
-    return VLAPolicy.from_model(build_model(get_family(family), size, tokens, seed=seed), tokenizer)
+    return build_tiny_policy(tokenizer, *VARIANTS[variant], seed=seed)
 
 
 @pytest.fixture(scope="module", params=["llava", "llava-qwen2"])

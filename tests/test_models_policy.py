@@ -15,10 +15,10 @@ from rt2edge.actions import ActionStatistics  # noqa: E402
 from rt2edge.errors import ActionValueError, ArtifactError, ConfigError, InputError  # noqa: E402
 from rt2edge.models.action_vocab import ActionVocabConfig  # noqa: E402
 from rt2edge.models.batching import IGNORE_INDEX  # noqa: E402
-from rt2edge.models.families import SpecialTokenIds, VLMSize, build_model, get_family  # noqa: E402
+from rt2edge.models.families import VLMSize, build_model, get_family  # noqa: E402
 from rt2edge.models.policy import VLAPolicy  # noqa: E402
 from rt2edge.models.presets import default_corpus  # noqa: E402
-from rt2edge.models.text_tokenizer import train_text_tokenizer  # noqa: E402
+from tiny_policies import build_tiny_policy, special_tokens, text_tokenizer  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -36,15 +36,12 @@ INSTRUCTIONS = ["pick up the red block", "open the drawer",
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_text_tokenizer(default_corpus(), vocab_size=512)
+    """A larger vocabulary than conftest's shared one."""
+    return text_tokenizer(vocab_size=512)
 
 
 def tiny_policy(tokenizer, variant="llava", seed=0, **kwargs) -> VLAPolicy:
-    family, size = VARIANTS[variant]
-    tokens = SpecialTokenIds(len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                             tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<image>"))
-    model = build_model(get_family(family), size, tokens, seed=seed)
-    return VLAPolicy.from_model(model, tokenizer, **kwargs)
+    return build_tiny_policy(tokenizer, *VARIANTS[variant], seed=seed, **kwargs)
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
@@ -293,9 +290,7 @@ def test_last_strategy_on_a_padded_table_uses_the_base_vocab_like_openvla(tokeni
     # OpenVLA: Llama tokenizer of 32000 ids, embedding table padded to 32064 rows, action ids
     # 32000 - 1 - bin. Same shape here: the table has 64 padding rows past the text vocabulary.
     family, size = VARIANTS["llava"]
-    tokens = SpecialTokenIds(len(tokenizer) + 64, tokenizer.pad_token_id, tokenizer.bos_token_id,
-                             tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<image>"))
-    model = build_model(get_family(family), size, tokens, seed=0)
+    model = build_model(get_family(family), size, special_tokens(tokenizer, len(tokenizer) + 64), seed=0)
     policy = VLAPolicy.from_model(model, tokenizer,
                                   action=ActionVocabConfig(strategy="last", vocab_size=len(tokenizer)))
     tok = policy.action_tokenizer

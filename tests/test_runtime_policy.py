@@ -168,3 +168,23 @@ def test_tensorrt_ep_gets_the_manifests_optimization_profiles(tmp_path):
         "trt_profile_max_shapes": "inputs_embeds:1x40x32,past.0.key:1x2x48x8",
     }
     assert trt_profile_options(manifest, "vision") == {}
+
+
+def test_tensorrt_ep_is_skipped_for_graphs_with_onnxruntime_contrib_ops(tmp_path, monkeypatch):
+    """An onnxruntime-target artifact holds com.microsoft ops TensorRT cannot parse: the TensorRT
+    EP says so (the next backend runs) instead of splitting the graph between TensorRT and CUDA."""
+    from rt2edge.artifact import load_manifest
+
+    class FakeOrt:
+        @staticmethod
+        def get_available_providers():
+            return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    root, _ = make_artifact(tmp_path / "art")
+    manifest = load_manifest(root)
+    monkeypatch.setattr(backends_module, "_ort", lambda: FakeOrt)
+    unavailable = backends_module._ort_unavailable("TensorrtExecutionProvider")
+    assert unavailable(root, manifest) is None  # plain graphs: TensorRT may take them
+    manifest.target = "onnxruntime"
+    assert "--target tensorrt" in unavailable(root, manifest)
+    assert backends_module._ort_unavailable("CUDAExecutionProvider")(root, manifest) is None

@@ -30,9 +30,11 @@ def register(app: typer.Typer) -> None:
     def export(
         checkpoint: Path = typer.Argument(..., help="VLAPolicy checkpoint folder (save_pretrained + rt2edge.json)."),
         out: Path = typer.Option(..., "--out", help="Artifact folder to write (appears whole or not at all)."),
-        target: str = typer.Option("onnx", "--target", help="onnx or tensorrt."),
+        target: str = typer.Option("onnxruntime", "--target",
+                                   help="onnxruntime (decoder with ONNX Runtime's fused ops), onnx (plain ONNX) "
+                                        "or tensorrt (plain ONNX checked for TensorRT, with profiles)."),
         precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (IO stays float32)."),
-        opset: int = typer.Option(18, "--opset", help="ONNX opset (tensorrt: <= 20)."),
+        opset: int = typer.Option(18, "--opset", help="ONNX opset (tensorrt: <= 25)."),
         validate_frames: int = typer.Option(4, "--validate-frames",
                                             help="Random observations torch and ONNX Runtime are compared on."),
         atol: float = typer.Option(None, "--atol", help="Max abs diff allowed (default per precision)."),

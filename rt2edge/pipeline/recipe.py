@@ -78,7 +78,7 @@ class StudentSection:
 
 @dataclass(frozen=True)
 class ExportSection:
-    target: str = "onnx"
+    target: str = "onnxruntime"  # fused decoder (ONNX Runtime ops); "onnx" plain, "tensorrt"
     precision: str = "fp32"
     validate_frames: int = field(default=4, metadata=_num(1))
     teacher: bool = True  # also export (and bench) the teacher

@@ -174,6 +174,11 @@ def _ort_unavailable(name: str) -> Callable[[Path, ArtifactManifest], str | None
             return "onnxruntime is not installed (pip install 'rt2edge[cpu]')"
         if name not in _ort().get_available_providers():
             return "not in this onnxruntime build (onnxruntime-gpu provides it)"
+        if name == "TensorrtExecutionProvider" and manifest.target == "onnxruntime":
+            # TensorRT would take only the plain islands between the contrib ops and leave the
+            # rest to CUDA/CPU: slower than asking for the right graphs.
+            return ("the graphs hold ONNX Runtime contrib ops (target 'onnxruntime') that TensorRT cannot "
+                    "parse; export with --target tensorrt")
         return None
     return unavailable
 
