@@ -56,9 +56,13 @@ def check_fusable(language_model: nn.Module, text_config) -> None:
     """Raise ConfigError unless every layer is the pre-norm block the fused graph computes."""
     if text_config.model_type not in NORM_WEIGHT_OFFSET:
         raise _refuse(f"decoder {text_config.model_type!r} (fusable: {sorted(NORM_WEIGHT_OFFSET)})")
-    for name in ("attn_logit_softcapping", "sliding_window_pattern"):
+    # Sliding-window attention (Gemma 2/3 patterns, Qwen2's use_sliding_window / layer_types) is
+    # not what the fused op computes past the window: refuse rather than differ on long prompts.
+    for name in ("attn_logit_softcapping", "sliding_window_pattern", "use_sliding_window"):
         if getattr(text_config, name, None):
             raise _refuse(f"text config sets {name}")
+    if "sliding_attention" in (getattr(text_config, "layer_types", None) or ()):
+        raise _refuse("text config has sliding_attention layers")
     for i, layer in enumerate(language_model.layers):
         children = {n for n, _ in layer.named_children()}
         if children != LAYER_CHILDREN:

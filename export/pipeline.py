@@ -93,15 +93,15 @@ def profile_sizes(policy, cfg: ExportConfig) -> dict[str, tuple[int, int, int]]:
     return sizes
 
 
-def _manifest(policy, cfg: ExportConfig, graphs, dims: ModelDims, adapter, files: dict[str, FileSpec],
-              extra: dict[str, Any], source_sha256: str) -> ArtifactManifest:
+def _manifest(policy, cfg: ExportConfig, target: str, graphs, dims: ModelDims, adapter,
+              files: dict[str, FileSpec], extra: dict[str, Any], source_sha256: str) -> ArtifactManifest:
     opset = cfg.opset
     return ArtifactManifest(
         graphs=graphs, files=files,
         model=ModelSpec(family=policy.family, num_layers=dims.num_layers, num_kv_heads=dims.num_kv_heads,
                         head_dim=dims.head_dim, hidden_size=dims.hidden_size, prefix_lm=adapter.prefix_lm),
         action_tokenizer=policy.action_tokenizer, prompt=policy.prompt,
-        image_preprocessing=policy.image_preprocessing, precision=cfg.precision, target=cfg.target,
+        image_preprocessing=policy.image_preprocessing, precision=cfg.precision, target=target,
         decoding=policy.decoding,  # parallel: format_version 2, which version-1 runtimes refuse
         # [Contract] every dataset's statistics travel, so the robot can unnormalize for the
         # dataset it runs on (`Policy.load(..., unnorm_key=...)`, OpenVLA's unnorm_key).
@@ -142,6 +142,11 @@ def run(cfg: ExportConfig, observations: Iterable[Observation] | None = None) ->
     if cfg.out.exists() and not cfg.overwrite:
         raise ConfigError("out", f"{cfg.out} exists; pass overwrite=True (--overwrite) to replace it")
     policy = load_policy(cfg.checkpoint)
+    if policy.decoding == "parallel" and target.fuses_decoder:
+        # The parallel decoder is exported plain under every target: the manifest says so, so
+        # the runtime may still offer it to TensorRT and quantize may target TensorRT.
+        log.info("rt2edge export: parallel decoding has no fused graph; writing target 'onnx'")
+        target = get_target("onnx")
     adapter = adapter_for(policy.family)
     adapter.check(policy.model)
     frames = (check_observations(observations) if observations is not None else
@@ -170,7 +175,7 @@ def run(cfg: ExportConfig, observations: Iterable[Observation] | None = None) ->
         profiles = optimization_profiles(graphs, profile_sizes(policy, cfg))
         extra = target.manifest_extra(profiles, checks)
         # A first manifest, so the robot runtime can load the artifact during validation.
-        write_manifest(tmp, _manifest(policy, cfg, graphs, dims, adapter, files, extra, source_sha256))
+        write_manifest(tmp, _manifest(policy, cfg, target.name, graphs, dims, adapter, files, extra, source_sha256))
 
         t = time.perf_counter()
         log.info("rt2edge export: validating on %d observations", len(frames))
@@ -195,7 +200,7 @@ def run(cfg: ExportConfig, observations: Iterable[Observation] | None = None) ->
         (tmp / REPORT_FILE).write_text(json.dumps(_jsonable(report), indent=2) + "\n", encoding="utf-8")
         config_file = cfg.write(tmp)
         files.update({"export_report": FileSpec(REPORT_FILE), "export_config": FileSpec(config_file.name)})
-        write_manifest(tmp, _manifest(policy, cfg, graphs, dims, adapter, files, extra, source_sha256))
+        write_manifest(tmp, _manifest(policy, cfg, target.name, graphs, dims, adapter, files, extra, source_sha256))
     log.info("rt2edge export: wrote %s (token agreement %s)", cfg.out,
              validation.to_dict()["token_agreement"])
     if cfg.build_engine:

@@ -88,6 +88,9 @@ def test_object_counts_set_the_scenes_like_data_generate_objects():
     assert policy.counts and set(policy.counts) == {2}
     with pytest.raises(ConfigError):
         evaluate(policy, episodes=1, splits=["train"], object_counts=(9,))
+    with pytest.raises(ConfigError) as err:  # the factory's envs decide; silently ignoring would lie
+        evaluate(policy, episodes=1, splits=["train"], object_counts=(2,), env_factory=lambda split: None)
+    assert err.value.field == "object_counts"
 
 
 def test_malformed_actions_and_options_are_refused():

@@ -164,9 +164,18 @@ def test_a_decoder_the_fused_graph_cannot_express_is_refused(tokenizer):
         check_fusable(language, text)
     assert err.value.field == "target"
     del language.layers[0].self_attn.q_norm
-    language.rotary_emb.rope_type = "dynamic"
+    rope_type, language.rotary_emb.rope_type = language.rotary_emb.rope_type, "dynamic"
     with pytest.raises(ConfigError, match="sequence length"):
         check_fusable(language, text)
+    language.rotary_emb.rope_type = rope_type
+    check_fusable(language, text)  # back to the plain Llama block: fusable
+    for name, value, reason in [("use_sliding_window", True, "use_sliding_window"),  # Qwen2
+                                ("layer_types", ["sliding_attention", "full_attention"], "sliding_attention")]:
+        original = getattr(text, name, None)
+        setattr(text, name, value)
+        with pytest.raises(ConfigError, match=reason):
+            check_fusable(language, text)
+        setattr(text, name, original)
 
 
 # ------------------------------------------------------------------------------------ artifact

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -111,6 +112,14 @@ class CountingRunner:
 
 
 # ------------------------------------------------------------------------------------ artifact
+def test_the_default_target_writes_the_parallel_decoder_plain_and_says_so(checkpoint, frames, tmp_path):
+    out = export.run(export.ExportConfig(checkpoint=checkpoint, out=tmp_path / "default"), observations=frames[:2])
+    assert export.ExportConfig(checkpoint=checkpoint, out=tmp_path / "x").target == "onnxruntime"
+    assert load_manifest(out).target == "onnx"  # no fused graph: TensorRT and quantize may take it
+    decoder = onnx.load(str(out / load_manifest(out).graphs["decoder"].file), load_external_data=False)
+    assert {n.domain for n in decoder.graph.node} <= {"", "ai.onnx"}
+
+
 def test_manifest_and_graphs_follow_the_parallel_contract(art):
     manifest = load_manifest(art)
     assert manifest.decoding == "parallel" and manifest.format_version == 2

@@ -188,3 +188,20 @@ def test_tensorrt_ep_is_skipped_for_graphs_with_onnxruntime_contrib_ops(tmp_path
     manifest.target = "onnxruntime"
     assert "--target tensorrt" in unavailable(root, manifest)
     assert backends_module._ort_unavailable("CUDAExecutionProvider")(root, manifest) is None
+
+
+def test_fused_graphs_name_an_onnxruntime_older_than_the_one_they_were_validated_with(tmp_path):
+    import onnxruntime
+
+    from rt2edge.artifact import load_manifest
+
+    root, _ = make_artifact(tmp_path / "art")
+    manifest = load_manifest(root)
+    cpu = backends_module._ort_unavailable("CPUExecutionProvider")
+    manifest.target = "onnxruntime"
+    manifest.extra["onnxruntime"] = {"validated_with": onnxruntime.__version__}
+    assert cpu(root, manifest) is None
+    manifest.extra["onnxruntime"] = {"validated_with": "99.0.0"}
+    assert "validated with onnxruntime 99.0.0" in cpu(root, manifest)
+    manifest.target = "onnx"  # plain graphs: any onnxruntime
+    assert cpu(root, manifest) is None

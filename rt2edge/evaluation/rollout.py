@@ -90,6 +90,8 @@ def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[st
         raise ConfigError("num_envs", f"must be >= 1, got {num_envs}")
     if not splits:
         raise ConfigError("split", "name at least one split")
+    if env_factory is not None and object_counts is not None:
+        raise ConfigError("object_counts", "set the objects per scene in env_factory's envs, not both")
     make_env = env_factory or _default_env_factory(image_size, max_steps, object_counts)
     start = time.perf_counter()
     results: list[EpisodeResult] = []

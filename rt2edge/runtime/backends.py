@@ -174,6 +174,9 @@ def _ort_unavailable(name: str) -> Callable[[Path, ArtifactManifest], str | None
             return "onnxruntime is not installed (pip install 'rt2edge[cpu]')"
         if name not in _ort().get_available_providers():
             return "not in this onnxruntime build (onnxruntime-gpu provides it)"
+        too_old = _older_onnxruntime(manifest)
+        if too_old:
+            return too_old
         if name == "TensorrtExecutionProvider" and manifest.target == "onnxruntime":
             # TensorRT would take only the plain islands between the contrib ops and leave the
             # rest to CUDA/CPU: slower than asking for the right graphs.
@@ -183,9 +186,33 @@ def _ort_unavailable(name: str) -> Callable[[Path, ArtifactManifest], str | None
     return unavailable
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("+")[0].split(".")[:3] if part.isdigit())
+
+
+def _older_onnxruntime(manifest: ArtifactManifest) -> str | None:
+    """Fused graphs use contrib-op attributes/inputs that older ONNX Runtime builds lack, and
+    they fail there with an opaque session error: name the version gap instead."""
+    if manifest.target != "onnxruntime":
+        return None
+    validated = str((manifest.extra.get("onnxruntime") or {}).get("validated_with") or "")
+    if not validated:
+        return None
+    installed = _ort().__version__
+    if _version(installed)[:2] < _version(validated)[:2]:
+        return (f"the graphs hold ONNX Runtime fused ops validated with onnxruntime {validated}; this is "
+                f"{installed}: upgrade onnxruntime, or re-export with --target onnx")
+    return None
+
+
 def _ort_create(name: str):
     def create(folder: Path, manifest: ArtifactManifest, options: BackendOptions):
         ort = _ort()
+        if name == "CUDAExecutionProvider" and manifest.target == "onnxruntime" and manifest.precision == "fp32":
+            # ORT registers its CUDA GroupQueryAttention kernel for float16/bfloat16 only
+            # (docs/OperatorKernels.md): fp32 fused attention runs on the CPU between CUDA nodes.
+            log.warning("fp32 graphs with fused ONNX Runtime attention: on CUDA the attention nodes fall "
+                        "back to the CPU; export with --precision fp16, or --target onnx")
         runners: dict[str, GraphRunner] = {}
         used = name
         for graph in GRAPH_NAMES:
