@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from rt2edge.checks import check_int
 from rt2edge.errors import ConfigError
 
 CHECKPOINT_BACKENDS = ("eager", "hf-generate")
@@ -83,16 +84,16 @@ class BenchConfig:
             raise ConfigError("backends", f"checkpoint backends must be a non-empty subset of "
                                           f"{list(CHECKPOINT_BACKENDS)}, got {list(self.backends)} "
                                           "(artifacts always run on the runtime)")
-        _check_int("steps", self.steps, 1, 100_000)
-        _check_int("warmup", self.warmup, 0, 10_000)
-        _check_int("rounds", self.rounds, 1, self.steps)
-        _check_int("frames", self.frames, 1, 10_000)
-        _check_int("image_size", self.image_size, 8, 1024)
-        _check_int("threads", self.threads, 1, 256)
-        _check_int("episodes", self.episodes, 0, 100_000)
-        _check_int("seed", self.seed, 0, 2**32 - 1)
+        check_int("steps", self.steps, 1, 100_000)
+        check_int("warmup", self.warmup, 0, 10_000)
+        check_int("rounds", self.rounds, 1, self.steps)
+        check_int("frames", self.frames, 1, 10_000)
+        check_int("image_size", self.image_size, 8, 1024)
+        check_int("threads", self.threads, 1, 256)
+        check_int("episodes", self.episodes, 0, 100_000)
+        check_int("seed", self.seed, 0, 2**32 - 1)
         if self.max_episode_steps is not None:
-            _check_int("max_episode_steps", self.max_episode_steps, 1, 10_000)
+            check_int("max_episode_steps", self.max_episode_steps, 1, 10_000)
         rates = tuple(float(r) for r in self.target_rates)
         if not rates or any(not r > 0 for r in rates):
             raise ConfigError("target_rates", f"must be positive control rates in Hz, got {list(rates)}")
@@ -132,8 +133,3 @@ class BenchConfig:
         if unknown:
             raise ConfigError("config", f"unknown BenchConfig keys {unknown}")
         return cls(**data)
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(name, f"must be an int in [{low}, {high}], got {value!r}")

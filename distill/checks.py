@@ -10,12 +10,12 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from rt2edge.checks import check_int
 from rt2edge.errors import ConfigError
 
 
 def positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(name, f"must be an int >= 1, got {value!r}")
+    check_int(name, value, 1)
 
 
 def finite(name: str, value: Any, low: float | None = None, high: float | None = None,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rt2edge.atomic import atomic_write_json
+from rt2edge.checks import check_int
 from rt2edge.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16")
@@ -74,11 +75,11 @@ class ExportConfig:
             raise ConfigError("target", f"must be one of {sorted(TARGETS)}, got {self.target!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError("precision", f"must be one of {PRECISIONS}, got {self.precision!r}")
-        _check_int("opset", self.opset, MIN_OPSET, MAX_OPSET)
+        check_int("opset", self.opset, MIN_OPSET, MAX_OPSET)
         max_opset = TARGETS[self.target].max_opset
         if max_opset is not None and self.opset > max_opset:
             raise ConfigError("opset", f"target {self.target!r} reads opset <= {max_opset}, got {self.opset}")
-        _check_int("validate_frames", self.validate_frames, 1, 10_000)
+        check_int("validate_frames", self.validate_frames, 1, 10_000)
         if self.atol is not None and not (isinstance(self.atol, (int, float)) and self.atol > 0):
             raise ConfigError("atol", f"must be a number > 0 or None, got {self.atol!r}")
         if self.rtol is not None and not (isinstance(self.rtol, (int, float)) and self.rtol >= 0):
@@ -86,10 +87,10 @@ class ExportConfig:
         agreement = self.min_token_agreement
         if agreement is not None and not (isinstance(agreement, (int, float)) and 0.0 <= agreement <= 1.0):
             raise ConfigError("min_token_agreement", f"must be in [0, 1] or None, got {agreement!r}")
-        _check_int("seed", self.seed, 0, 2**32 - 1)
-        _check_int("max_batch", self.max_batch, 1, 4096)
+        check_int("seed", self.seed, 0, 2**32 - 1)
+        check_int("max_batch", self.max_batch, 1, 4096)
         if self.max_prompt_tokens is not None:
-            _check_int("max_prompt_tokens", self.max_prompt_tokens, 2, 1 << 20)
+            check_int("max_prompt_tokens", self.max_prompt_tokens, 2, 1 << 20)
         if self.build_engine and not TARGETS[self.target].builds_engines:
             engine_targets = sorted(n for n, t in TARGETS.items() if t.builds_engines)
             raise ConfigError("build_engine", f"needs a target whose graphs are checked for TensorRT "
@@ -120,8 +121,3 @@ class ExportConfig:
         path = Path(folder) / CONFIG_FILE
         atomic_write_json(path, self.to_dict())
         return path
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ConfigError(name, f"must be an int in [{low}, {high}], got {value!r}")

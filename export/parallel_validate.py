@@ -14,7 +14,6 @@ batch. Past tolerance: ExportValidationError (its `.report` holds the full repor
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from export.reference import OnnxDecodeRunner
-from export.validate import (Observation, ValidationReport, _max_diff, _torch_image_embeds,
+from export.validate import (Observation, ValidationReport, _max_diff, _torch_image_embeds, batchable_groups,
                              finish_validation)
 from rt2edge.artifact import ModelSpec
 
@@ -94,10 +93,7 @@ def _compare(frame: ParallelFrameResult, torch_logits: np.ndarray, allowed: floa
 
 
 def _batch_check(runner: OnnxDecodeRunner, frames: list[dict[str, Any]], onnx: list[tuple]) -> dict[str, Any]:
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, frame in enumerate(frames):
-        groups[frame["input_ids"].shape[1]].append(i)
-    batched = [g for g in groups.values() if len(g) > 1]
+    batched = batchable_groups(frames)
     worst, bins_match = 0.0, True
     for group in batched:
         _, logits, bins = _onnx_pass(runner, np.concatenate([frames[i]["pixel_values"] for i in group]),

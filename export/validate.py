@@ -188,11 +188,17 @@ def _runtime_bins(folder: Path, observations: Sequence[Observation]) -> tuple[li
     return bins, f"ok ({runtime.provider})"
 
 
-def _batch_check(runner: OnnxDecodeRunner, torch_frames: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+def batchable_groups(frames: Sequence[dict[str, Any]]) -> list[list[int]]:
+    """Indices of frames whose prompts have the same length, 2 or more per group: each group
+    runs as one unpadded batch, checked against the same frames run alone."""
     groups: dict[int, list[int]] = defaultdict(list)
-    for i, frame in enumerate(torch_frames):
+    for i, frame in enumerate(frames):
         groups[frame["input_ids"].shape[1]].append(i)
-    batched = [g for g in groups.values() if len(g) > 1]
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _batch_check(runner: OnnxDecodeRunner, torch_frames: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    batched = batchable_groups(torch_frames)
     worst, bins_match = 0.0, True
     for group in batched:
         ids = np.concatenate([torch_frames[i]["input_ids"] for i in group])

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from rt2edge.checks import check_int, is_int
 from rt2edge.errors import ConfigError
 from quantize.registry import QuantMethod, get_method
 
@@ -28,16 +29,6 @@ CALIBRATE_METHODS = ("minmax", "percentile", "entropy")
 # Held-out frames of the simulator start this far from the calibration seed, so the two sets
 # never share a scene (calibration uses seeds seed .. seed + calibration_frames - 1).
 HOLDOUT_SEED_OFFSET = 1_000_000
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if not _is_int(value) or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ConfigError(name, f"must be an int {bound}, got {value!r}")
 
 
 @dataclass
@@ -107,7 +98,7 @@ class QuantizeConfig:
         method = get_method(self.method)
         self._check_method_options(method)
         self.keep_groups = self._groups(self.keep_groups)
-        _check_int("keep_sensitive", self.keep_sensitive, 0)
+        check_int("keep_sensitive", self.keep_sensitive, 0)
         if self.keep_sensitive and method.source != "artifact":
             raise ConfigError("keep_sensitive", f"the per-layer sensitivity pass is for the ONNX methods; "
                                                 f"{self.method!r} quantizes a checkpoint")
@@ -119,26 +110,26 @@ class QuantizeConfig:
                               f"must be {SIM_CALIBRATION!r} or a dataset folder, got {self.calibration!r}")
         self.calibration = str(self.calibration)
         for name in ("calibration_frames", "batch_size", "sensitivity_frames", "holdout_frames"):
-            _check_int(name, getattr(self, name), 1, HOLDOUT_SEED_OFFSET - 1)
+            check_int(name, getattr(self, name), 1, HOLDOUT_SEED_OFFSET - 1)
         if self.calibrate_method not in CALIBRATE_METHODS:
             raise ConfigError("calibrate_method", f"must be one of {CALIBRATE_METHODS}, got {self.calibrate_method!r}")
         if (not isinstance(self.percentile, (int, float)) or isinstance(self.percentile, bool)
                 or not 50.0 < self.percentile <= 100.0):
             raise ConfigError("percentile", f"must be a number in (50, 100], got {self.percentile!r}")
         self.percentile = float(self.percentile)
-        _check_int("episodes", self.episodes, 0)
+        check_int("episodes", self.episodes, 0)
         if self.threads is not None:
-            _check_int("threads", self.threads, 1)
+            check_int("threads", self.threads, 1)
         if (not isinstance(self.int8_threshold, (int, float)) or isinstance(self.int8_threshold, bool)
                 or not math.isfinite(self.int8_threshold) or self.int8_threshold < 0):
             raise ConfigError("int8_threshold", f"must be a finite number >= 0, got {self.int8_threshold!r}")
         self.int8_threshold = float(self.int8_threshold)
         if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError("device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")
-        _check_int("seed", self.seed, 0, 2**32 - 1)
+        check_int("seed", self.seed, 0, 2**32 - 1)
         if self.holdout_seed is None:
             self.holdout_seed = self.seed + HOLDOUT_SEED_OFFSET
-        _check_int("holdout_seed", self.holdout_seed, 0)
+        check_int("holdout_seed", self.holdout_seed, 0)
         if self.seed <= self.holdout_seed < self.seed + self.calibration_frames or (
                 self.holdout_seed <= self.seed < self.holdout_seed + self.holdout_frames):
             raise ConfigError("holdout_seed", f"frames {self.holdout_seed}.. overlap the calibration frames "
@@ -147,7 +138,7 @@ class QuantizeConfig:
     def _check_method_options(self, method: QuantMethod) -> None:
         if self.bits is None:
             self.bits = method.bits
-        elif not _is_int(self.bits) or self.bits != method.bits:
+        elif not is_int(self.bits) or self.bits != method.bits:
             raise ConfigError("bits", f"method {self.method!r} quantizes to {method.bits} bits, got {self.bits!r}")
         if self.block_size is None:
             self.block_size = method.block_sizes[0]
