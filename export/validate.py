@@ -253,12 +253,25 @@ def validate_artifact(policy, folder: Path, model: ModelSpec, observations: Sequ
 def finish_validation(report, folder: Path, observations: Sequence[Observation], run_runtime: bool,
                       judge) -> Any:
     """The tail every validator shares: the runtime's bins per frame, the verdict (`judge` fills
-    report.failures), and a typed error carrying the report when it failed."""
+    report.failures with the graph-vs-torch checks, then the runtime and batch checks every
+    decoding shares), and a typed error carrying the report when it failed."""
     if run_runtime:
         bins, report.runtime = _runtime_bins(folder, observations)
         for frame, b in zip(report.frames, bins or []):
             frame.runtime_bins = b
     judge(report)
+    if report.runtime.startswith("runtime returned"):
+        report.failures.append(report.runtime)
+    # Same graphs, same execution provider: the robot runtime must pick exactly the reference's
+    # bins. A difference means its tokenization, preprocessing or decode loop left the contract.
+    off = [f for f in report.frames if f.runtime_bins is not None and f.runtime_bins != f.onnx_bins]
+    if off:
+        report.failures.append(f"rt2edge.runtime picks other bins than the reference ONNX pass on {len(off)} "
+                               f"observations (first: {off[0].instruction!r}: {off[0].runtime_bins} vs "
+                               f"{off[0].onnx_bins})")
+    if report.batch.get("groups") and not (report.batch["max_abs_diff"] <= report.allowed()["logits"]
+                                           and report.batch["bins_match_unbatched"]):
+        report.failures.append(f"batched run differs from per-observation runs: {report.batch}")
     if not report.passed:
         error = ExportValidationError("export validation failed:\n  " + "\n  ".join(report.failures))
         error.report = report
@@ -299,16 +312,3 @@ def _judge(report: ValidationReport) -> None:
             f"action-token agreement with torch {agreement:.3f} < {min_agree:g}: {len(decisive)} observations "
             f"diverge by more than a near-tie (first: #{decisive[0]} at step {f.first_divergence}, torch's "
             f"lead {f.divergence_margin:.3g} over the ONNX bin exceeds the logit error)")
-    if report.runtime.startswith("runtime returned"):
-        report.failures.append(report.runtime)
-    # Same graphs, same execution provider: the robot runtime must pick exactly the reference's
-    # bins. A difference means its tokenization, preprocessing or decode loop left the contract.
-    off = [i for i, f in enumerate(report.frames) if f.runtime_bins is not None and f.runtime_bins != f.onnx_bins]
-    if off:
-        f = report.frames[off[0]]
-        report.failures.append(f"rt2edge.runtime picks other bins than the reference decode loop on "
-                               f"{len(off)} observations (first: {f.instruction!r}: {f.runtime_bins} vs "
-                               f"{f.onnx_bins})")
-    if report.batch.get("groups") and not (report.batch["max_abs_diff"] <= allowed["logits"]
-                                           and report.batch["bins_match_unbatched"]):
-        report.failures.append(f"batched decode differs from per-observation decode: {report.batch}")
