@@ -80,6 +80,15 @@ def build_vit(preset: str) -> tuple[QueryReadout, nn.Module]:
     return QueryReadout(tower, size.vision_hidden_size, size.vision_heads), tower
 
 
+def save_init(preset: str, tower: nn.Module, dataset: Path, out: Path, seed: int) -> None:
+    """A fresh preset policy (the dataset's action statistics) whose vision tower is `tower`."""
+    data = EpisodeDataset(dataset)
+    policy = build_preset(preset, statistics={dataset.resolve().name: data.action_statistics()}, seed=seed)
+    policy.model.model.vision_tower.load_state_dict(tower.state_dict())
+    policy.save_pretrained(out)
+    print(json.dumps({"saved_init": str(out)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path)
@@ -125,11 +134,7 @@ def main() -> None:
                               "elapsed_s": round(time.perf_counter() - start, 1)}), flush=True)
 
     if args.save_init is not None:
-        statistics = {args.data.resolve().name: data.action_statistics()}
-        policy = build_preset(args.preset, statistics=statistics, seed=args.seed)
-        policy.model.model.vision_tower.load_state_dict(tower.state_dict())
-        policy.save_pretrained(args.save_init)
-        print(json.dumps({"saved_init": str(args.save_init)}))
+        save_init(args.preset, tower, args.data, args.save_init, args.seed)
 
 
 if __name__ == "__main__":

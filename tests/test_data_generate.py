@@ -135,7 +135,8 @@ def test_resume_with_another_recipe_is_refused(dataset, tmp_path):
 @pytest.mark.parametrize("kwargs, field", [
     ({"episodes": 0}, "episodes"), ({"seed": -1}, "seed"), ({"image_size": 8}, "image_size"),
     ({"split": "val"}, "split"), ({"families": ("fly",)}, "families"),
-    ({"action_noise": -0.1}, "action_noise"), ({"max_attempts": 0}, "max_attempts"),
+    ({"action_noise": -0.1}, "action_noise"), ({"move_noise": 0.5}, "move_noise"),
+    ({"max_attempts": 0}, "max_attempts"),
 ])
 def test_bad_config_names_the_field(kwargs, field, tmp_path):
     with pytest.raises(ConfigError) as exc:
@@ -149,3 +150,27 @@ def test_action_noise_keeps_clean_labels(tmp_path):
     ds = EpisodeDataset(tmp_path / "noisy")
     assert report.expert_success_rate > 0.5
     assert np.all(np.abs(ds.actions[:, :3]) <= 0.1 + 1e-6)  # labels are expert actions
+
+
+def test_move_noise_shows_recoveries_with_expert_labels(tmp_path):
+    """Additive noise moves axes the expert holds still, so the data gets "move back" labels that
+    scaling alone never produces; the recorded actions stay the expert's half-step grid."""
+    def y_labels(**noise):
+        root = tmp_path / "-".join(f"{k}{v}" for k, v in noise.items())
+        generate(GenerateConfig(out=str(root), episodes=12, seed=4, families=("pick",),
+                                object_counts=(2,), **noise))
+        return EpisodeDataset(root).actions[:, 1]
+
+    scaled, shifted = y_labels(action_noise=0.3), y_labels(action_noise=0.3, move_noise=0.04)
+    assert np.mean(shifted < 0) > np.mean(scaled < 0) + 0.05  # the gripper overshoots and returns
+    assert np.allclose(shifted / 0.05, np.round(shifted / 0.05), atol=1e-4)  # still grid labels
+
+
+def test_datasets_from_before_move_noise_resume(tmp_path):
+    root = tmp_path / "old"
+    generate(GenerateConfig(out=str(root), episodes=1, seed=5))
+    path = root / "meta/generation.json"
+    meta = json.loads(path.read_text())
+    del meta["recipe"]["move_noise"]  # a dataset written before the field existed
+    path.write_text(json.dumps(meta))
+    assert generate(GenerateConfig(out=str(root), episodes=2, seed=5)).reused == 1

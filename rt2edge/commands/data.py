@@ -31,6 +31,8 @@ def register(app: typer.Typer) -> None:
                                     help="Objects per scene, comma-separated choices (2..5)."),
         action_noise: float = typer.Option(0.0, "--action-noise",
                                            help="DART noise on executed moves (relative std)."),
+        move_noise: float = typer.Option(0.0, "--move-noise",
+                                         help="DART noise on executed moves (additive std, metres)."),
         max_steps: int = typer.Option(60, "--max-steps"),
     ) -> None:
         """Run the scripted expert and write successful episodes as a LeRobot dataset."""
@@ -41,7 +43,7 @@ def register(app: typer.Typer) -> None:
                 out=str(out), episodes=episodes, seed=seed, image_size=image_size, split=split,
                 families=None if families is None else tuple(f.strip() for f in families.split(",")),
                 object_counts=tuple(int_list(objects, "object_counts")),
-                action_noise=action_noise, max_steps=max_steps,
+                action_noise=action_noise, move_noise=move_noise, max_steps=max_steps,
             )
 
             def progress(done: int, total: int) -> None:

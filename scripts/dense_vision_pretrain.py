@@ -1,0 +1,180 @@
+"""Dense, simulator-supervised pre-training of a preset's vision tower (research step for #3).
+
+The action-class probe (scripts/vision_probe.py) gives a tower two labels per image; this gives
+it one per patch, CenterNet-style, from the simulator's ground truth: for each of the 8 x 8
+patches, which object (colour x shape) has its centre there and where inside the patch, and
+whether the gripper is there (with its sub-patch offset and its height level). It is the
+simulator's stand-in for the detection/localization pre-training real VLM towers get
+(PaliGemma's <loc> tokens): the patch tokens learn "what is here, exactly where", which a
+pick-and-place policy needs and the action loss teaches slowly.
+
+Frames are the steps of short expert rollouts with DART noise (so the gripper
+is anywhere, open or holding), rendered by the project's own simulator; nothing is downloaded.
+
+    python scripts/dense_vision_pretrain.py --preset student-s --frames 20000 --steps 2000 \
+        --families pick --objects 2 --statistics runs/data/pick2-4k --save-init runs/init/dense
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rt2edge.models.presets import PRESETS
+from rt2edge.sim import TabletopEnv
+from rt2edge.sim.world import COLOURS, SHAPES, START_Z
+
+COLOUR_IDS = {c: i for i, c in enumerate(COLOURS)}
+SHAPE_IDS = {s: i for i, s in enumerate(SHAPES)}
+OBJECT_CLASSES = 1 + len(COLOURS) * len(SHAPES)  # 0: no object centre in this patch
+
+
+def patch_of(x: float, y: float, grid: int) -> tuple[int, float, float]:
+    """Table (x, y) -> (patch index in raster order, offset inside the patch in [-0.5, 0.5])."""
+    col_f, row_f = (x + 0.5) * grid, (0.5 - y) * grid  # image rows grow downwards
+    col, row = min(int(col_f), grid - 1), min(int(row_f), grid - 1)
+    return row * grid + col, col_f - col - 0.5, row_f - row - 0.5
+
+
+def make_frames(n: int, image_size: int, grid: int, families, objects, seed: int):
+    """Render n frames with dense labels: objects (n, P) class, offsets (n, P, 2),
+    gripper (n,) patch, gripper offset (n, 2), gripper high (n,)."""
+    env = TabletopEnv(image_size=image_size, families=families, object_counts=objects)
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, image_size, image_size, 3), np.uint8)
+    obj_cls = np.zeros((n, grid * grid), np.int64)
+    obj_off = np.zeros((n, grid * grid, 2), np.float32)
+    grip = np.zeros(n, np.int64)
+    grip_off = np.zeros((n, 2), np.float32)
+    grip_high = np.zeros(n, np.int64)
+    i = 0
+    while i < n:  # every step of a noisy expert rollout is a frame: resets cost most of the time
+        obs, _ = env.reset(seed=int(rng.integers(2**31)))
+        for _ in range(int(rng.integers(1, 16))):
+            if i == n:
+                break
+            images[i] = obs["image"]
+            for obj in env.scene.objects:
+                p, dx, dy = patch_of(obj.x, obj.y, grid)
+                obj_cls[i, p] = 1 + COLOUR_IDS[obj.colour] * len(SHAPES) + SHAPE_IDS[obj.shape]
+                obj_off[i, p] = (dx, dy)
+            ex, ey, ez = env.scene.ee
+            grip[i], *offset = patch_of(ex, ey, grid)
+            grip_off[i] = offset
+            grip_high[i] = int(ez > START_Z / 2)
+            i += 1
+            action = env.expert_action().astype(np.float64)
+            action[:3] += rng.normal(0.0, 0.04, 3)
+            action[7] = 0.0
+            obs, *_ = env.step(action)
+    return images, obj_cls, obj_off, grip, grip_off, grip_high
+
+
+class DenseHeads(nn.Module):
+    """Per patch: object class, object offset, gripper-here logit, gripper offset, gripper high."""
+
+    def __init__(self, tower: nn.Module, width: int):
+        super().__init__()
+        self.tower = tower
+        self.out = nn.Linear(width, OBJECT_CLASSES + 2 + 1 + 2 + 2)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.out(self.tower(pixel_values=pixels).last_hidden_state)  # (B, P, outputs)
+
+
+def losses(pred: torch.Tensor, obj_cls, obj_off, grip, grip_off, grip_high) -> dict[str, torch.Tensor]:
+    k = OBJECT_CLASSES
+    batch = torch.arange(len(pred))
+    has_obj = obj_cls > 0
+    at_grip = pred[batch, grip]
+    return {
+        # object patches are ~1/30 of all: weight them up or "nothing here" wins for long
+        "object": (nn.functional.cross_entropy(pred[..., :k].reshape(-1, k), obj_cls.reshape(-1),
+                                               reduction="none") * (1 + 9 * has_obj.reshape(-1))).mean(),
+        "object_offset": nn.functional.l1_loss(pred[..., k:k + 2][has_obj], obj_off[has_obj]),
+        "gripper": nn.functional.cross_entropy(pred[..., k + 2], grip),  # softmax over patches
+        "gripper_offset": nn.functional.l1_loss(at_grip[:, k + 3:k + 5], grip_off),
+        "gripper_high": nn.functional.cross_entropy(at_grip[:, k + 5:k + 7], grip_high),
+    }
+
+
+def metrics(pred: torch.Tensor, obj_cls, obj_off, grip, grip_off, grip_high) -> dict[str, float]:
+    k = OBJECT_CLASSES
+    has_obj = obj_cls > 0
+    batch = torch.arange(len(pred))
+    at_grip = pred[batch, grip]
+    return {
+        "object_recall": float((pred[..., :k].argmax(-1)[has_obj] == obj_cls[has_obj]).float().mean()),
+        "object_offset_px": float((pred[..., k:k + 2][has_obj] - obj_off[has_obj]).abs().mean() * 8),
+        "gripper_patch": float((pred[..., k + 2].argmax(-1) == grip).float().mean()),
+        "gripper_offset_px": float((at_grip[:, k + 3:k + 5] - grip_off).abs().mean() * 8),
+        "gripper_high": float((at_grip[:, k + 5:k + 7].argmax(-1) == grip_high).float().mean()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="student-s", choices=sorted(PRESETS))
+    parser.add_argument("--frames", type=int, default=20000)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--families", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--objects", default="3,4")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--statistics", type=Path, default=None,
+                        help="dataset whose action statistics the saved policy uses")
+    parser.add_argument("--save-init", type=Path, default=None)
+    args = parser.parse_args()
+    if (args.save_init is None) != (args.statistics is None):
+        parser.error("--save-init and --statistics go together")
+
+    from vision_probe import build_vit, save_init  # scripts/ is on sys.path when run as a script
+
+    torch.manual_seed(args.seed)
+    _, tower = build_vit(args.preset)
+    size = PRESETS[args.preset].size
+    grid = size.image_size // size.patch_size
+    families = None if args.families is None else tuple(args.families.split(","))
+    objects = tuple(int(o) for o in args.objects.split(","))
+    start = time.perf_counter()
+    arrays = make_frames(args.frames, size.image_size, grid, families, objects, args.seed)
+    images = torch.from_numpy(arrays[0]).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # SigLIP's [-1, 1]
+    labels = [torch.from_numpy(a) for a in arrays[1:]]
+    print(json.dumps({"frames": args.frames, "render_s": round(time.perf_counter() - start, 1)}), flush=True)
+
+    val = np.arange(len(images)) % 10 == 0
+    train_rows, val_rows = np.flatnonzero(~val), np.flatnonzero(val)[:1000]
+    model = DenseHeads(tower, size.vision_hidden_size)
+    optimizer = torch.optim.AdamW(model.parameters(), args.lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.05)
+    rng = np.random.default_rng(args.seed)
+    start = time.perf_counter()
+    for step in range(1, args.steps + 1):
+        batch = rng.choice(train_rows, args.batch_size)
+        parts = losses(model(images[batch]), *(t[batch] for t in labels))
+        loss = sum(parts.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 200 == 0 or step == args.steps:
+            model.eval()
+            with torch.no_grad():
+                scores = metrics(model(images[val_rows]), *(t[val_rows] for t in labels))
+            model.train()
+            print(json.dumps({"step": step, "loss": round(loss.item(), 4),
+                              **{k: round(v, 3) for k, v in scores.items()},
+                              "elapsed_s": round(time.perf_counter() - start, 1)}), flush=True)
+    if args.save_init is not None:
+        save_init(args.preset, tower, args.statistics, args.save_init, args.seed)
+
+
+if __name__ == "__main__":
+    main()
