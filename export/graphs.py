@@ -134,10 +134,6 @@ class DecoderGraph(nn.Module):
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def attention_mask(self, query_pos: torch.Tensor, key_len: torch.SymInt | int,
-                       prefix_length: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        return prefix_attention_mask(query_pos, key_len, prefix_length, batch, dtype)
-
     def forward(self, inputs_embeds: torch.Tensor, past_length: torch.Tensor,
                 prefix_length: torch.Tensor, *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         dtype = self.action_head.dtype
@@ -146,7 +142,7 @@ class DecoderGraph(nn.Module):
         # [Contract] past_length = P, the number of cached positions; new tokens sit at P..P+T-1.
         query_pos = torch.arange(seq, device=inputs_embeds.device) + past_length
         position_ids = (query_pos + self.position_offset)[None].expand(batch, seq)
-        mask = self.attention_mask(query_pos, past[0].shape[2] + seq, prefix_length, batch, dtype)
+        mask = prefix_attention_mask(query_pos, past[0].shape[2] + seq, prefix_length, batch, dtype)
 
         hidden = inputs_embeds.to(dtype)
         rope = self.rotary_emb(hidden, position_ids=position_ids)

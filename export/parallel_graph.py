@@ -20,7 +20,7 @@ from torch import nn
 from torch.export import Dim
 
 from export.adapters import ExportAdapter
-from export.graphs import FLOAT, EmbedGraph, VisionGraph, action_head_rows
+from export.graphs import EmbedGraph, VisionGraph, action_head_rows, head_outputs
 from export.onnx_export import PRECISION_DTYPES, ExportedGraph, ModelDims, export_graph
 from rt2edge.artifact import TensorSpec
 
@@ -67,14 +67,7 @@ class ParallelDecoderGraph(nn.Module):
         for layer in self.layers:
             hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, past_key_values=None,
                            use_cache=False, position_embeddings=rope)
-        out = self.norm(hidden[:, length:])
-        logits = out @ self.action_head.T
-        if self.action_bias is not None:
-            logits = logits + self.action_bias
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        logits = logits.to(FLOAT)
-        return logits, torch.argmax(logits, dim=-1)
+        return head_outputs(self.norm(hidden[:, length:]), self.action_head, self.action_bias, self.softcap)
 
 
 def parallel_decoder_io(dims: ModelDims, steps: int) -> tuple[list[TensorSpec], list[TensorSpec]]:

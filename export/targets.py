@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Mapping
 import onnx
 
 from export.trt_check import MAX_OPSET as TRT_MAX_OPSET
-from export.trt_check import assert_tensorrt_compatible
+from export.trt_check import DEFAULT_DOMAINS, assert_tensorrt_compatible
 from rt2edge.artifact import GraphSpec
 from rt2edge.errors import ExportValidationError
 from rt2edge.registry import Registry
@@ -85,7 +85,7 @@ def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """{"com.microsoft::GroupQueryAttention": 4, ...}: the graph's nodes outside the default domain."""
     counts: dict[str, int] = {}
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in DEFAULT_DOMAINS:
             key = f"{node.domain}::{node.op_type}"
             counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))

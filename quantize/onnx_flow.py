@@ -153,9 +153,10 @@ def run_onnx_method(cfg: QuantizeConfig, work_dir: Path, observations: list[Obse
                                 "opset": graph_opset(onnx.load(str(outputs[graph]), load_external_data=False)),
                                 "kept_layers": [layer.label for layer in ctx.layers[graph]
                                                 if layer.key not in {c.key for c in layers}]}
+        target = output_target(cfg.target, manifest)
         record = {
             "method": cfg.method, "bits": cfg.bits, "block_size": cfg.block_size, "algorithm": cfg.algorithm,
-            "target": output_target(cfg.target, manifest), "kept_groups": list(cfg.keep_groups),
+            "target": target, "kept_groups": list(cfg.keep_groups),
             "kept_sensitive_layers": [r.layer.label for r in ranking[:cfg.keep_sensitive]],
             "graphs": per_graph, "quantize_seconds": round(time.perf_counter() - start, 3),
             "calibration": {"source": cfg.calibration, "frames": len(observations),
@@ -164,7 +165,7 @@ def run_onnx_method(cfg: QuantizeConfig, work_dir: Path, observations: list[Obse
             **(details or {}),
         }
         new_manifest = write_artifact(cfg.source, manifest, work_dir, outputs, method=cfg.method,
-                                      target=output_target(cfg.target, manifest), record=record,
+                                      target=target, record=record,
                                       versions={"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__})
         reference_logits = ctx.reference.logits
     files = {g: spec.file for g, spec in manifest.graphs.items()}

@@ -88,33 +88,38 @@ class DenseHeads(nn.Module):
         return self.out(self.tower(pixel_values=pixels).last_hidden_state)  # (B, P, outputs)
 
 
-def losses(pred: torch.Tensor, obj_cls, obj_off, grip, grip_off, grip_high) -> dict[str, torch.Tensor]:
+def heads(pred: torch.Tensor, grip: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """DenseHeads' output split into (object logits, object offsets) per patch and (gripper-here
+    logits over patches, gripper offset, gripper-high logits) read at the gripper's patch."""
     k = OBJECT_CLASSES
-    batch = torch.arange(len(pred))
+    at_grip = pred[torch.arange(len(pred)), grip]
+    return pred[..., :k], pred[..., k:k + 2], pred[..., k + 2], at_grip[:, k + 3:k + 5], at_grip[:, k + 5:k + 7]
+
+
+def losses(pred: torch.Tensor, obj_cls, obj_off, grip, grip_off, grip_high) -> dict[str, torch.Tensor]:
+    obj_logits, obj_pos, grip_logits, grip_pos, high_logits = heads(pred, grip)
     has_obj = obj_cls > 0
-    at_grip = pred[batch, grip]
     return {
-        # object patches are ~1/30 of all: weight them up or "nothing here" wins for long
-        "object": (nn.functional.cross_entropy(pred[..., :k].reshape(-1, k), obj_cls.reshape(-1),
+        # object centres sit in a few of the patches: weight them up or "nothing here" wins for long
+        "object": (nn.functional.cross_entropy(obj_logits.reshape(-1, OBJECT_CLASSES), obj_cls.reshape(-1),
                                                reduction="none") * (1 + 9 * has_obj.reshape(-1))).mean(),
-        "object_offset": nn.functional.l1_loss(pred[..., k:k + 2][has_obj], obj_off[has_obj]),
-        "gripper": nn.functional.cross_entropy(pred[..., k + 2], grip),  # softmax over patches
-        "gripper_offset": nn.functional.l1_loss(at_grip[:, k + 3:k + 5], grip_off),
-        "gripper_high": nn.functional.cross_entropy(at_grip[:, k + 5:k + 7], grip_high),
+        "object_offset": nn.functional.l1_loss(obj_pos[has_obj], obj_off[has_obj]),
+        "gripper": nn.functional.cross_entropy(grip_logits, grip),  # softmax over patches
+        "gripper_offset": nn.functional.l1_loss(grip_pos, grip_off),
+        "gripper_high": nn.functional.cross_entropy(high_logits, grip_high),
     }
 
 
-def metrics(pred: torch.Tensor, obj_cls, obj_off, grip, grip_off, grip_high) -> dict[str, float]:
-    k = OBJECT_CLASSES
+def metrics(pred: torch.Tensor, obj_cls, obj_off, grip, grip_off, grip_high,
+            patch_px: int) -> dict[str, float]:
+    obj_logits, obj_pos, grip_logits, grip_pos, high_logits = heads(pred, grip)
     has_obj = obj_cls > 0
-    batch = torch.arange(len(pred))
-    at_grip = pred[batch, grip]
     return {
-        "object_recall": float((pred[..., :k].argmax(-1)[has_obj] == obj_cls[has_obj]).float().mean()),
-        "object_offset_px": float((pred[..., k:k + 2][has_obj] - obj_off[has_obj]).abs().mean() * 8),
-        "gripper_patch": float((pred[..., k + 2].argmax(-1) == grip).float().mean()),
-        "gripper_offset_px": float((at_grip[:, k + 3:k + 5] - grip_off).abs().mean() * 8),
-        "gripper_high": float((at_grip[:, k + 5:k + 7].argmax(-1) == grip_high).float().mean()),
+        "object_recall": float((obj_logits.argmax(-1)[has_obj] == obj_cls[has_obj]).float().mean()),
+        "object_offset_px": float((obj_pos[has_obj] - obj_off[has_obj]).abs().mean() * patch_px),
+        "gripper_patch": float((grip_logits.argmax(-1) == grip).float().mean()),
+        "gripper_offset_px": float((grip_pos - grip_off).abs().mean() * patch_px),
+        "gripper_high": float((high_logits.argmax(-1) == grip_high).float().mean()),
     }
 
 
@@ -153,7 +158,9 @@ def main() -> None:
     train_rows, val_rows = np.flatnonzero(~val), np.flatnonzero(val)[:1000]
     model = DenseHeads(tower, size.vision_hidden_size)
     optimizer = torch.optim.AdamW(model.parameters(), args.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.05)
+    # at least 2 warm-up steps: with fewer, OneCycleLR divides by zero
+    warmup = max(0.05, 2 / args.steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=warmup)
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -167,13 +174,17 @@ def main() -> None:
         if step % 200 == 0 or step == args.steps:
             model.eval()
             with torch.no_grad():
-                scores = metrics(model(images[val_rows]), *(t[val_rows] for t in labels))
+                scores = metrics(model(images[val_rows]), *(t[val_rows] for t in labels),
+                                 patch_px=size.patch_size)
             model.train()
             print(json.dumps({"step": step, "loss": round(loss.item(), 4),
                               **{k: round(v, 3) for k, v in scores.items()},
                               "elapsed_s": round(time.perf_counter() - start, 1)}), flush=True)
     if args.save_init is not None:
-        save_init(args.preset, tower, args.statistics, args.save_init, args.seed)
+        from rt2edge.data.dataset import EpisodeDataset
+
+        statistics = {args.statistics.resolve().name: EpisodeDataset(args.statistics).action_statistics()}
+        save_init(args.preset, tower, statistics, args.save_init, args.seed)
 
 
 if __name__ == "__main__":

@@ -80,10 +80,9 @@ def build_vit(preset: str) -> tuple[QueryReadout, nn.Module]:
     return QueryReadout(tower, size.vision_hidden_size, size.vision_heads), tower
 
 
-def save_init(preset: str, tower: nn.Module, dataset: Path, out: Path, seed: int) -> None:
-    """A fresh preset policy (the dataset's action statistics) whose vision tower is `tower`."""
-    data = EpisodeDataset(dataset)
-    policy = build_preset(preset, statistics={dataset.resolve().name: data.action_statistics()}, seed=seed)
+def save_init(preset: str, tower: nn.Module, statistics: dict, out: Path, seed: int) -> None:
+    """A fresh preset policy ({dataset name: its action statistics}) whose vision tower is `tower`."""
+    policy = build_preset(preset, statistics=statistics, seed=seed)
     policy.model.model.vision_tower.load_state_dict(tower.state_dict())
     policy.save_pretrained(out)
     print(json.dumps({"saved_init": str(out)}))
@@ -134,7 +133,8 @@ def main() -> None:
                               "elapsed_s": round(time.perf_counter() - start, 1)}), flush=True)
 
     if args.save_init is not None:
-        save_init(args.preset, tower, args.data, args.save_init, args.seed)
+        statistics = {args.data.resolve().name: data.action_statistics()}
+        save_init(args.preset, tower, statistics, args.save_init, args.seed)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,8 @@ pytest.importorskip("transformers")
 
 from export.adapters import adapter_for  # noqa: E402
 from export.config import ExportConfig  # noqa: E402
-from export.fused_decoder import FusedDecoderGraph, check_fusable  # noqa: E402
-from export.graphs import DecoderGraph  # noqa: E402
-from export.onnx_export import export_graph, model_dims  # noqa: E402
+from export.fused_decoder import check_fusable  # noqa: E402
+from export.onnx_export import build_wrappers, export_graph, model_dims  # noqa: E402
 from export.trt_check import check_tensorrt_compatibility  # noqa: E402
 from rt2edge.artifact import cache_names, load_manifest  # noqa: E402
 from rt2edge.errors import ConfigError  # noqa: E402
@@ -54,11 +53,10 @@ def decoders(tokenizer, tmp_path_factory) -> dict[str, dict[str, Path]]:
         policy = tiny_policy(tokenizer, variant)
         adapter = adapter_for(policy.family)
         model, ids = policy.model, policy.action_tokenizer.token_ids.tolist()
-        text, language = adapter.text_config(model), adapter.language_model(model)
+        text = adapter.text_config(model)
         dims = model_dims(model, adapter, policy.action_tokenizer.n_bins, policy.prompt.num_image_tokens)
-        modules = {"plain": DecoderGraph(language, adapter.lm_head(model), ids, text, adapter.position_offset),
-                   "fused": FusedDecoderGraph(language, adapter.lm_head(model), ids, text, adapter.position_offset,
-                                              POSITIONS, adapter.prefix_lm)}
+        modules = {"plain": build_wrappers(model, adapter, ids)["decoder"],
+                   "fused": build_wrappers(model, adapter, ids, POSITIONS)["decoder"]}
         out[variant] = {}
         for kind, module in modules.items():
             folder = tmp_path_factory.mktemp(f"{variant}-{kind}")

@@ -115,8 +115,9 @@ class CountingRunner:
 def test_the_default_target_writes_the_parallel_decoder_plain_and_says_so(checkpoint, frames, tmp_path):
     out = export.run(export.ExportConfig(checkpoint=checkpoint, out=tmp_path / "default"), observations=frames[:2])
     assert export.ExportConfig(checkpoint=checkpoint, out=tmp_path / "x").target == "onnxruntime"
-    assert load_manifest(out).target == "onnx"  # no fused graph: TensorRT and quantize may take it
-    decoder = onnx.load(str(out / load_manifest(out).graphs["decoder"].file), load_external_data=False)
+    manifest = load_manifest(out)
+    assert manifest.target == "onnx"  # no fused graph: TensorRT and quantize may take it
+    decoder = onnx.load(str(out / manifest.graphs["decoder"].file), load_external_data=False)
     assert {n.domain for n in decoder.graph.node} <= {"", "ai.onnx"}
 
 

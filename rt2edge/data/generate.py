@@ -117,9 +117,10 @@ def _check_recipe(root: Path, cfg: GenerateConfig) -> None:
     old = json.loads(path.read_text())["recipe"]
     defaults = GenerateConfig(out="-", episodes=1).recipe()  # fields added after a dataset was made
     for key, value in cfg.recipe().items():
-        if old.get(key, defaults[key]) != value:
+        recorded = old.get(key, defaults[key])
+        if recorded != value:
             raise ConfigError(key, f"is {value!r} but the dataset in {root} was generated with "
-                                   f"{old.get(key)!r}; use the same value to resume, or a new --out")
+                                   f"{recorded!r}; use the same value to resume, or a new --out")
 
 
 def _rollout(env: TabletopEnv, cfg: GenerateConfig, index: int, family: str):
