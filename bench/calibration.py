@@ -11,7 +11,6 @@ caught by the tests) and returns the comparison table: published, projected, err
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,7 +20,7 @@ from bench.costs import CostBreakdown, vla_costs
 from bench.devices import get_device
 from bench.projection import Efficiency, project, roofline_seconds
 from rt2edge.errors import ConfigError
-from rt2edge.optional import require
+from rt2edge.optional import require_toml
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration.toml")
 TOLERANCE_PCT = 25.0  # the acceptance bound of the projection on held-out figures
@@ -72,8 +71,7 @@ class Calibration:
 
 def load_calibration(path: str | Path | None = None) -> Calibration:
     file = Path(path) if path is not None else CALIBRATION_FILE
-    toml = require("tomllib" if sys.version_info >= (3, 11) else "tomli", extra="toolkit",
-                   purpose="reading the projection calibration")
+    toml = require_toml("reading the projection calibration")
     try:
         with file.open("rb") as fh:
             data = toml.load(fh)

@@ -10,13 +10,12 @@ projection can always say which of its inputs are printed by NVIDIA and which ar
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from rt2edge.errors import ConfigError
-from rt2edge.optional import require
+from rt2edge.optional import require_toml
 
 BUILTIN_DEVICES = Path(__file__).with_name("devices.toml")
 STATUSES = ("datasheet", "derived", "estimate", "measured")
@@ -117,9 +116,7 @@ def device_from_dict(key: str, raw: Mapping[str, Any], where: str = "devices") -
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    # tomllib is stdlib from Python 3.11; 3.10 needs the `tomli` backport.
-    toml = require("tomllib" if sys.version_info >= (3, 11) else "tomli", extra="toolkit",
-                   purpose="reading device profiles")
+    toml = require_toml("reading device profiles")
     if not path.is_file():
         raise ConfigError("devices", f"{path}: no such device profile file")
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from types import ModuleType
 
 from rt2edge.errors import MissingDependencyError
@@ -35,3 +36,8 @@ def require(module: str, extra: str, purpose: str | None = None) -> ModuleType:
         raise MissingDependencyError(
             f"'{module}' is not installed{why}. Install it with: pip install 'rt2edge[{extra}]'"
         ) from exc
+
+
+def require_toml(purpose: str) -> ModuleType:
+    """The TOML reader: stdlib `tomllib` from Python 3.11, the `tomli` backport on 3.10 (same API)."""
+    return require("tomllib" if sys.version_info >= (3, 11) else "tomli", extra="toolkit", purpose=purpose)

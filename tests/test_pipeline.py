@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from rt2edge.cli import app
 from rt2edge.pipeline.recipe import STAGES, load_recipe
 from rt2edge.pipeline.runner import DONE_FILE, run_pipeline
-from rt2edge.pipeline.summary import summary_rows
+from rt2edge.pipeline.summary import read_report, summary_rows
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def test_every_stage_runs_and_the_table_prints(tiny: tuple[Path, Path, str]) -> 
         assert done["stage"] == stage and done["how"] == "fresh" and done["wall_s"] >= 0
     report = root / "bench" / "bench.json"
     assert f"report: {report}" in output
-    rows = summary_rows(report)
+    rows = summary_rows(read_report(report))
     assert [r["variant"] for r in rows] == VARIANTS
     for row in rows:
         assert row["variant"] in output and row["Hz"] in output
@@ -111,7 +111,7 @@ def test_deleted_done_reruns_that_stage_and_the_later_ones(tiny: tuple[Path, Pat
     after = run_ids(root)
     assert [s for s in STAGES if after[s] != before[s]] == ["quantize", "bench"]
     assert json.loads((root / "quantize" / DONE_FILE).read_text())["how"] == "resume"
-    assert [r["variant"] for r in summary_rows(root / "bench" / "bench.json")] == VARIANTS
+    assert [r["variant"] for r in summary_rows(read_report(root / "bench" / "bench.json"))] == VARIANTS
 
 
 def test_changed_section_reruns_from_its_stage(tiny: tuple[Path, Path, str], tmp_path: Path) -> None:

@@ -81,13 +81,16 @@ def test_yaml_recipe_equals_toml(tmp_path: Path) -> None:
     ("student", {"students": ["teacher"]}, "student.students"),  # would clash with the teacher's artifact
     ("bench", {"devices": ["jetson-imaginary"]}, "bench.devices"),
 ])
-def test_stage_names_checked_before_any_stage_runs(stage: str, values: dict, field: str) -> None:
+def test_stage_names_checked_before_any_stage_runs(stage: str, values: dict, field: str, tmp_path: Path) -> None:
     from rt2edge.pipeline.checks import check_names
 
     check_names(default_recipe())
     with pytest.raises(ConfigError) as info:
         check_names(default_recipe().with_overrides({stage: values}))
     assert info.value.field == field
+    with pytest.raises(ConfigError) as info:  # the Python API checks them too, before making --out
+        run_pipeline(default_recipe().with_overrides({stage: values}), tmp_path / "run")
+    assert info.value.field == field and not (tmp_path / "run").exists()
 
 
 def test_cli_reports_a_bad_recipe_in_one_line(tmp_path: Path) -> None:

@@ -35,7 +35,6 @@ class RichProgress:
         self._live: Any = None
         self._task: Any = None
         self.rows: list[tuple[str, str, str]] = []  # (stage, status, wall) for the closing table
-        self._how = "fresh"
 
     def _stop(self) -> None:
         if self._live is not None:
@@ -57,7 +56,6 @@ class RichProgress:
                                   TimeElapsedColumn(), console=self.console, transient=True)
             self._live.start()
             self._task = self._live.add_task(what, total=None)
-        self._how = how
 
     def stage_status(self, stage: str, text: str) -> None:
         if self._live is not None:
@@ -66,7 +64,7 @@ class RichProgress:
     def stage_finished(self, index: int, total: int, stage: str, record: Mapping[str, Any]) -> None:
         self._stop()
         self.console.print(f"[green]done[/green] [{index}/{total}] {stage:<9} in {_duration(record['wall_s'])}")
-        self.rows.append((stage, "resumed" if self._how == "resume" else "ran", _duration(record["wall_s"])))
+        self.rows.append((stage, "resumed" if record["how"] == "resume" else "ran", _duration(record["wall_s"])))
 
     def stage_failed(self, index: int, total: int, stage: str, error: BaseException, wall_s: float) -> None:
         self._stop()
@@ -78,7 +76,7 @@ def _print_summary(progress: RichProgress, result: Any, wall_s: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rt2edge.pipeline.summary import COLUMNS, reference_label, summary_rows
+    from rt2edge.pipeline.summary import COLUMNS, read_report, reference_label, summary_rows
 
     out = Console(highlight=False)
     if not out.is_terminal:  # piped into a log: no 80-column wrapping of the tables
@@ -95,10 +93,11 @@ def _print_summary(progress: RichProgress, result: Any, wall_s: float) -> None:
     if bench is None:
         return
     report = result.root / bench["outputs"]["report"]
-    table = Table(title=f"Variants (agreement with {reference_label(report)})", title_justify="left")
+    data = read_report(report)
+    table = Table(title=f"Variants (agreement with {reference_label(data)})", title_justify="left")
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "variant" else "right")
-    for row in summary_rows(report):
+    for row in summary_rows(data):
         table.add_row(*(row[c] for c in COLUMNS))
     out.print(table)
     out.print(f"report: {report}  ({result.root / bench['outputs']['html']})")
@@ -115,7 +114,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """data -> teacher -> cache -> student -> export -> quantize -> bench, resumable: run the same
         command again to continue after an interruption; a changed recipe section re-runs from there."""
-        from rt2edge.pipeline.checks import check_names
         from rt2edge.pipeline.recipe import load_recipe
         from rt2edge.pipeline.runner import PipelineInterrupted, run_pipeline
 
@@ -125,7 +123,6 @@ def register(app: typer.Typer) -> None:
             plan = load_recipe(recipe)
             plan = plan.fast() if fast else plan
             progress.console.print(f"recipe {plan.name!r} ({plan.source}) -> {out}")
-            check_names(plan)
             try:
                 result = run_pipeline(plan, out, listener=progress, until=until)
             except PipelineInterrupted as exc:

@@ -19,7 +19,7 @@ _EXPORTS = {
     "run_pipeline": "rt2edge.pipeline.runner", "PipelineInterrupted": "rt2edge.pipeline.runner",
     "PipelineResult": "rt2edge.pipeline.runner",
     "check_names": "rt2edge.pipeline.checks",
-    "summary_rows": "rt2edge.pipeline.summary",
+    "summary_rows": "rt2edge.pipeline.summary", "read_report": "rt2edge.pipeline.summary",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -13,12 +13,12 @@ stage runs, and every value is checked again by the stage's own config when it i
 from __future__ import annotations
 
 import math
-import tomllib
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from rt2edge.checks import is_int
 from rt2edge.errors import ConfigError
 
 DEFAULT_RECIPE = Path(__file__).with_name("default.toml")
@@ -183,7 +183,7 @@ def _check_value(where: str, kind: Any, value: Any, meta: Mapping[str, Any]) -> 
         if not isinstance(value, str):
             raise ConfigError(where, f"must be a string, got {value!r}")
         return value
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+    if kind is int and not is_int(value):
         raise ConfigError(where, f"must be an integer, got {value!r}")
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -259,9 +259,12 @@ def _parse(path: Path) -> Any:
             return yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError("recipe", f"{path}: not valid YAML: {exc}") from None
+    from rt2edge.optional import require_toml
+
+    toml = require_toml("TOML recipes")
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        return toml.loads(text)
+    except toml.TOMLDecodeError as exc:
         raise ConfigError("recipe", f"{path}: not valid TOML: {exc}") from None
 
 

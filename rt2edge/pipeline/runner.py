@@ -174,8 +174,10 @@ def run_pipeline(recipe: Recipe, root: str | Path, stages: Mapping[str, StageFn]
     """Run (or finish) the pipeline of `recipe` in `root`. `stages` defaults to the real stage
     functions (rt2edge.pipeline.stages); `until` stops after that stage."""
     if stages is None:
+        from rt2edge.pipeline.checks import check_names
         from rt2edge.pipeline.stages import STAGE_FUNCTIONS, extra_inputs as default_extra
 
+        check_names(recipe)  # a typo in a later section fails now, not after the teacher trained
         stages, extra_inputs = STAGE_FUNCTIONS, extra_inputs or default_extra
     order: Sequence[str] = [s for s in STAGES if s in stages]
     if until is not None:

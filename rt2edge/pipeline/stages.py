@@ -20,12 +20,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+from rt2edge.artifact import MANIFEST_FILE
 from rt2edge.errors import ConfigError
+from rt2edge.models.checkpoint import METADATA_FILE as CHECKPOINT_METADATA
 from rt2edge.pipeline.recipe import Recipe
 from rt2edge.pipeline.runner import PipelineInterrupted, StageContext
 
-CHECKPOINT_MARKER = "rt2edge.json"  # written last by a finished training run (publish_checkpoint)
-ARTIFACT_MARKER = "manifest.json"  # an artifact folder appears whole (renamed into place)
+CHECKPOINT_MARKER = CHECKPOINT_METADATA  # written last by a finished training run (publish_checkpoint)
+ARTIFACT_MARKER = MANIFEST_FILE  # an artifact folder appears whole (renamed into place)
 QUANTIZE_MARKER = "quantize_report.json"
 
 
@@ -100,16 +102,17 @@ def student(ctx: StageContext) -> dict[str, Any]:
     _threads(ctx.recipe)
     students: dict[str, Any] = {}
     for i, name in enumerate(s.students, start=1):
-        out = ctx.dir("student") / student_name(name)
+        key = student_name(name)
+        out = ctx.dir("student") / key
         ctx.status(f"student {i}/{len(s.students)}: {name}")
         if (out / CHECKPOINT_MARKER).is_file():  # finished in an interrupted earlier run
-            students[student_name(name)] = {"checkpoint": ctx.rel(out), "reused": True}
+            students[key] = {"checkpoint": ctx.rel(out), "reused": True}
             continue
         cfg = DistillConfig(cache=str(ctx.path("cache", "cache")), out=str(out), student=name, steps=s.steps,
                             batch_size=s.batch_size, lr=s.lr, loss=s.loss, temperature=s.temperature,
                             alpha=s.alpha, vqa_ratio=s.vqa_ratio, vqa_pool_size=s.vqa_pool_size, seed=s.seed,
                             checkpoint_every=max(1, min(50, s.steps)))
-        students[student_name(name)] = {"checkpoint": ctx.rel(out), **_training_done(run(cfg), "student", out)}
+        students[key] = {"checkpoint": ctx.rel(out), **_training_done(run(cfg), "student", out)}
     return {"students": students}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 COLUMNS = ("variant", "size MB", "Hz", "p99 ms", "token agr.", "action agr.", "success")
 
@@ -14,8 +14,12 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def summary_rows(report_path: str | Path) -> list[dict[str, str]]:
-    report = json.loads(Path(report_path).read_text(encoding="utf-8"))
+def read_report(report_path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(report_path).read_text(encoding="utf-8"))
+
+
+def summary_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One row per variant of a bench report (`read_report`)."""
     rows = []
     for v in report["variants"]:
         timing, fid, success = v["timing"], v.get("fidelity") or {}, v.get("success") or {}
@@ -32,14 +36,6 @@ def summary_rows(report_path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
-def format_rows(rows: list[dict[str, str]]) -> str:
-    """Plain-text table (for logs and tests; the CLI draws the same rows with rich)."""
-    widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in COLUMNS}
-    line = lambda cells: "  ".join(cell.ljust(widths[c]) for c, cell in zip(COLUMNS, cells))  # noqa: E731
-    return "\n".join([line(COLUMNS), line(["-" * widths[c] for c in COLUMNS])]
-                     + [line([r[c] for c in COLUMNS]) for r in rows])
-
-
-def reference_label(report_path: str | Path) -> str | None:
-    reference: Any = json.loads(Path(report_path).read_text(encoding="utf-8")).get("reference")
+def reference_label(report: Mapping[str, Any]) -> str | None:
+    reference = report.get("reference")
     return None if reference is None else reference.get("label")
