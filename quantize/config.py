@@ -6,12 +6,11 @@ written next to the output as `quantize_config.json` (`to_dict`), and `from_dict
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from rt2edge.checks import check_int, is_int
+from rt2edge.checks import check_finite, check_int, is_int
 from rt2edge.errors import ConfigError
 from quantize.registry import QuantMethod, get_method
 
@@ -113,16 +112,12 @@ class QuantizeConfig:
             check_int(name, getattr(self, name), 1, HOLDOUT_SEED_OFFSET - 1)
         if self.calibrate_method not in CALIBRATE_METHODS:
             raise ConfigError("calibrate_method", f"must be one of {CALIBRATE_METHODS}, got {self.calibrate_method!r}")
-        if (not isinstance(self.percentile, (int, float)) or isinstance(self.percentile, bool)
-                or not 50.0 < self.percentile <= 100.0):
-            raise ConfigError("percentile", f"must be a number in (50, 100], got {self.percentile!r}")
+        check_finite("percentile", self.percentile, low=50.0, high=100.0, low_open=True)
         self.percentile = float(self.percentile)
         check_int("episodes", self.episodes, 0)
         if self.threads is not None:
             check_int("threads", self.threads, 1)
-        if (not isinstance(self.int8_threshold, (int, float)) or isinstance(self.int8_threshold, bool)
-                or not math.isfinite(self.int8_threshold) or self.int8_threshold < 0):
-            raise ConfigError("int8_threshold", f"must be a finite number >= 0, got {self.int8_threshold!r}")
+        check_finite("int8_threshold", self.int8_threshold, low=0.0)
         self.int8_threshold = float(self.int8_threshold)
         if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError("device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")

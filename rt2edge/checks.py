@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rt2edge.errors import ConfigError
@@ -17,3 +18,20 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     if not is_int(value) or value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ConfigError(name, f"must be an int {bound}, got {value!r}")
+
+
+def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
+                low_open: bool = False) -> None:
+    """low <= value (low < value when low_open) and value <= high, each bound when given."""
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ConfigError(name, f"must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise ConfigError(name, f"must be <= {high}, got {value}")
+
+
+def check_finite(name: str, value: Any, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> None:
+    """`value` is a finite int or float (not a bool) within the bounds given, else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+    check_range(name, value, low, high, low_open)

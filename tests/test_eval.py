@@ -196,12 +196,15 @@ def test_rt2edge_eval_command(tiny_checkpoint, tmp_path):
     from rt2edge.cli import app
 
     args = ["eval", str(tiny_checkpoint), "--episodes", "2", "--seed", "1", "--split", "heldout",
-            "--max-steps", "3", "--gif", str(tmp_path / "roll.png"), "--json", str(tmp_path / "r.json")]
+            "--max-steps", "3", "--gif", str(tmp_path / "roll.png"), "--json", str(tmp_path / "r.json"),
+            "--language-probe", "3"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "heldout success" in result.output
+    assert "heldout success" in result.output and "language probe (3 scenes)" in result.output
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["splits"]["heldout"]["overall"]["episodes"] == 2 and data["max_steps"] == 3
+    probe = data["language_probe"]
+    assert probe["scenes"] == 3 and 0.0 <= probe["follows"] <= 1.0 and len(probe["scene_records"]) == 3
     assert (tmp_path / "roll.png").stat().st_size > 0
     bad = CliRunner().invoke(app, ["eval", str(tiny_checkpoint), "--split", "test"])
     assert bad.exit_code == 2

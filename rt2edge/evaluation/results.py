@@ -56,6 +56,8 @@ class EvaluationResult:
     # One recorded rollout (frames uint8 (T, H, W, 3)) for a GIF / strip; not part of the JSON.
     rollout_frames: np.ndarray | None = field(default=None, repr=False)
     rollout_episode: EpisodeResult | None = None
+    # Optional: the counterfactual-instruction probe (language_probe.LanguageProbeResult) of the policy.
+    language_probe: Any = None
 
     @property
     def splits(self) -> list[str]:
@@ -82,6 +84,7 @@ class EvaluationResult:
                            "families": {f: asdict(g) for f, g in self.by_family(s).items()}}
                        for s in self.splits},
             "episodes": [asdict(e) for e in self.episodes],
+            **({} if self.language_probe is None else {"language_probe": self.language_probe.to_dict()}),
         }
 
     def save_json(self, path: str | Path) -> Path:
@@ -110,5 +113,7 @@ class EvaluationResult:
         lines.append(f"{'all':<14}" + "".join(cells(s, None) for s in splits))
         if self.safe_fallbacks:
             lines.append(f"safe-fallback actions: {self.safe_fallbacks}")
+        if self.language_probe is not None:
+            lines.append(self.language_probe.format_line())
         lines.append(f"wall time {self.wall_s:.1f} s")
         return "\n".join(lines)

@@ -12,13 +12,12 @@ stage runs, and every value is checked again by the stage's own config when it i
 
 from __future__ import annotations
 
-import math
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from rt2edge.checks import is_int
+from rt2edge.checks import check_finite, check_range, is_int
 from rt2edge.errors import ConfigError
 
 DEFAULT_RECIPE = Path(__file__).with_name("default.toml")
@@ -186,14 +185,9 @@ def _check_value(where: str, kind: Any, value: Any, meta: Mapping[str, Any]) -> 
     if kind is int and not is_int(value):
         raise ConfigError(where, f"must be an integer, got {value!r}")
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(where, f"must be a finite number, got {value!r}")
+        check_finite(where, value)
         value = float(value)
-    low, high = meta.get("low"), meta.get("high")
-    if low is not None and (value < low or (meta.get("open_low") and value == low)):
-        raise ConfigError(where, f"must be {'>' if meta.get('open_low') else '>='} {low}, got {value}")
-    if high is not None and value > high:
-        raise ConfigError(where, f"must be <= {high}, got {value}")
+    check_range(where, value, meta.get("low"), meta.get("high"), bool(meta.get("open_low")))
     return value
 
 

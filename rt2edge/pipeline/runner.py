@@ -129,12 +129,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _prepare_dir(folder: Path, fp: str) -> str:
-    """Make `folder` ready for a stage with fingerprint `fp`; returns 'fresh', 'resume' or 'redo'."""
+def _prepare_dir(folder: Path, fp: str, done: dict[str, Any] | None) -> str:
+    """Make `folder` ready for a stage with fingerprint `fp` (`done`: its .done.json as read, a
+    stale one); returns 'fresh', 'resume' or 'redo'."""
     if not folder.exists():
         return "fresh"
     started = read_json(folder / STARTED_FILE)
-    done = read_json(folder / DONE_FILE)
     if started is None and done is None:
         if any(folder.iterdir()):
             raise ConfigError("out", f"{folder} exists but is no pipeline stage folder (no {STARTED_FILE}); "
@@ -200,16 +200,17 @@ def run_pipeline(recipe: Recipe, root: str | Path, stages: Mapping[str, StageFn]
                 result.skipped.append(stage)
                 continue
             record = _run_stage(stage, stages[stage], recipe, root, fp, upstream, result, listener,
-                                index, len(order))
+                                index, len(order), done)
             result.records[stage], upstream = record, record["run_id"]
             result.ran.append(stage)
     return result
 
 
 def _run_stage(stage: str, fn: StageFn, recipe: Recipe, root: Path, fp: str, upstream: str | None,
-               result: PipelineResult, listener: Listener, index: int, total: int) -> dict[str, Any]:
+               result: PipelineResult, listener: Listener, index: int, total: int,
+               done: dict[str, Any] | None) -> dict[str, Any]:
     folder = root / stage
-    how = _prepare_dir(folder, fp)
+    how = _prepare_dir(folder, fp, done)
     folder.mkdir(parents=True, exist_ok=True)
     started_at = _now()
     atomic_write_json(folder / STARTED_FILE, {"stage": stage, "fingerprint": fp, "started": started_at})

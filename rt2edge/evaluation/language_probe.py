@@ -1,0 +1,212 @@
+"""Does the policy follow the instruction? A counterfactual-instruction probe.
+
+A closed-loop success rate cannot tell "goes to the wrong object" from "cannot reach any object".
+This probe can: on the first frame of scenes whose instruction names the object to move, the
+policy is asked twice, once with the real instruction and once with the same sentence naming
+another object of the scene instead. The scripted expert's first move differs between the two
+(it heads for the named object), so a policy that reads the instruction changes its move with
+the name and heads for the object named; a language-blind one does neither.
+
+    from rt2edge.evaluation import load_policy, probe_language
+    print(probe_language(load_policy("runs/teacher"), scenes=100).format_line())
+
+Reported: `follows` = fraction of asks whose xy move is closer to the expert's move for the named
+object than to its move for the other one (ties count against: a move both would make says
+nothing; a language-blind policy scores <= ~0.5), and `changes` = fraction of scenes where
+renaming the object changed the policy's xy move at all (the expert: 1.0 on these scenes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from rt2edge.errors import ConfigError
+from rt2edge.evaluation.policies import supports_batch
+
+PROBE_STREAM = 0x1A96  # salts the probe's scene seeds: not the evaluation's, not the data's
+MAX_TRIES_PER_SCENE = 20  # draws per wanted scene before giving up (crowded or 1-object scenes)
+
+
+@dataclass(frozen=True)
+class ProbeScene:
+    family: str
+    seed: int
+    instruction: str  # names the task's object
+    counterfactual: str  # the same sentence naming the other object
+    expert_named: tuple[float, float]  # expert's first xy move for the real instruction
+    expert_other: tuple[float, float]  # ... for the counterfactual one
+    policy_named: tuple[float, float]  # the policy's xy move for the real instruction
+    policy_other: tuple[float, float]  # ... for the counterfactual one
+
+
+@dataclass
+class LanguageProbeResult:
+    policy: str
+    seed: int
+    scenes: list[ProbeScene] = field(default_factory=list)
+
+    @staticmethod
+    def _rates(scenes: Sequence[ProbeScene]) -> dict[str, float]:
+        follows, changes = 0, 0
+        for s in scenes:
+            follows += _closer(s.policy_named, s.expert_named, s.expert_other)
+            follows += _closer(s.policy_other, s.expert_other, s.expert_named)
+            changes += not np.allclose(s.policy_named, s.policy_other)
+        n = len(scenes)
+        return {"scenes": n, "follows": follows / (2 * n) if n else 0.0,
+                "changes": changes / n if n else 0.0}
+
+    @property
+    def follows(self) -> float:
+        return self._rates(self.scenes)["follows"]
+
+    @property
+    def changes(self) -> float:
+        return self._rates(self.scenes)["changes"]
+
+    def per_family(self) -> dict[str, dict[str, float]]:
+        groups: dict[str, list[ProbeScene]] = defaultdict(list)
+        for s in self.scenes:
+            groups[s.family].append(s)
+        return {family: self._rates(group) for family, group in sorted(groups.items())}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "seed": self.seed, **self._rates(self.scenes),
+                "per_family": self.per_family(),
+                "scene_records": [dataclasses.asdict(s) for s in self.scenes]}
+
+    def format_line(self) -> str:
+        r = self._rates(self.scenes)
+        return (f"language probe ({r['scenes']} scenes): follows the named object {r['follows']:.0%} "
+                f"(language-blind <= ~50%), move changes with the name {r['changes']:.0%}")
+
+
+def _closer(move: Sequence[float], named: Sequence[float], other: Sequence[float]) -> bool:
+    move = np.asarray(move)
+    return float(np.abs(move - named).sum()) < float(np.abs(move - other).sum())
+
+
+def _probe_families(families: Sequence[str]) -> list[str]:
+    """The families whose instructions name the object to move ({x})."""
+    from rt2edge.sim.language import TEMPLATES, placeholders
+
+    return [f for f in families if all("x" in placeholders(t) for t in TEMPLATES[f]["train"])]
+
+
+def _counterfactual(env: Any) -> tuple[str, Any] | None:
+    """(instruction naming another object, the task for it) or None when the scene has none.
+
+    The other object must have a name of its own (not the target's, not the reference's), and
+    that name must be one the split may name as an object to move: the counterfactual is then an
+    instruction of the same split, so the probe measures language following, not generalization.
+    """
+    from rt2edge.sim.language import mover_combos
+
+    scene, task = env.scene, env.task
+    named = scene.objects[task.target].name
+    taken = {named} | ({scene.objects[task.reference].name} if task.reference is not None else set())
+    allowed = {f"{c} {s}" for c, s in mover_combos(env.sampler.split)}
+    for j, obj in enumerate(scene.objects):
+        if j in (task.target, task.reference) or obj.name in taken or obj.name not in allowed:
+            continue
+        if task.instruction.count(named) != 1 or obj.name in task.instruction:
+            return None
+        text = task.instruction.replace(named, obj.name)
+        return text, dataclasses.replace(task, target=j, instruction=text)
+    return None
+
+
+def _ask(policy: Any, images: np.ndarray, instructions: list[str]) -> np.ndarray:
+    """(n, 2) xy moves; a stateful policy is reset before every ask (each is a first frame)."""
+    if supports_batch(policy):
+        actions = np.asarray(policy.act_batch(images, instructions), np.float64).reshape(len(images), -1)
+    else:
+        rows = []
+        for image, text in zip(images, instructions):
+            reset = getattr(policy, "reset", None)
+            if callable(reset):
+                reset()
+            rows.append(np.asarray(policy.act(image, text), np.float64).reshape(-1))
+        actions = np.stack(rows)
+    if actions.shape[1] < 2 or not np.all(np.isfinite(actions[:, :2])):
+        raise ConfigError("policy", f"returned actions of shape {actions.shape} / non-finite xy; "
+                                    "the probe needs finite (x, y, ...) moves")
+    return actions[:, :2]
+
+
+def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "train",
+                   families: Sequence[str] | None = None, object_counts: Sequence[int] | None = None,
+                   image_size: int | None = None,
+                   env_factory: Callable[[str], Any] | None = None) -> LanguageProbeResult:
+    """Ask `policy` on `scenes` first frames with the real and a counterfactual instruction.
+
+    Only scenes where the expert's first moves for the two objects differ are kept (otherwise
+    the two asks cannot be told apart). policy: an ActionPolicy (see policies.py).
+    """
+    from rt2edge.sim.experts import expert_action
+    from rt2edge.sim.language import check_families
+
+    if not isinstance(scenes, int) or isinstance(scenes, bool) or scenes < 1:
+        raise ConfigError("scenes", f"must be an integer >= 1, got {scenes!r}")
+    wanted = _probe_families(check_families(families))
+    if not wanted:
+        raise ConfigError("families", "none of them names the object to move (pick_extreme does not); "
+                                      "the probe needs e.g. pick, move_near, put_on, move_to_mat, move_to_flag")
+    if env_factory is not None and object_counts is not None:
+        raise ConfigError("object_counts", "set the objects per scene in env_factory's envs, not both")
+    if env_factory is None:
+        from rt2edge.sim import TabletopEnv
+
+        kwargs: dict[str, Any] = {"split": split}
+        if object_counts is not None:  # default: the env's, as in `evaluate`
+            kwargs["object_counts"] = tuple(object_counts)
+        if image_size is not None:
+            kwargs["image_size"] = image_size
+        env = TabletopEnv(**kwargs)
+    else:
+        env = env_factory(split)
+    attach = getattr(policy, "attach_env", None)
+    if callable(attach):  # a scene-reading policy (the scripted expert) reads this env
+        attach(env)
+    batched = supports_batch(policy)
+    found: list[tuple[str, int, np.ndarray, str, str, np.ndarray, np.ndarray]] = []
+    asked: list[np.ndarray] = []  # unbatched policies: (2, 2) moves, asked while the env shows the scene
+    for draw in range(scenes * MAX_TRIES_PER_SCENE):
+        if len(found) == scenes:
+            break
+        family = wanted[draw % len(wanted)]
+        env_seed = int(np.random.SeedSequence([PROBE_STREAM, seed, draw]).generate_state(1)[0])
+        obs, _ = env.reset(seed=env_seed, options={"family": family})
+        other = _counterfactual(env)
+        if other is None:
+            continue
+        text, other_task = other
+        named_move = expert_action(env.scene, env.task, env.max_step)[:2]
+        other_move = expert_action(env.scene, other_task, env.max_step)[:2]
+        if np.allclose(named_move, other_move):
+            continue
+        found.append((family, env_seed, obs["image"].copy(), env.instruction, text, named_move, other_move))
+        if not batched:
+            asked.append(_ask(policy, np.stack([obs["image"]] * 2), [env.instruction, text]))
+    if not found:
+        raise ConfigError("object_counts", f"no scene of {wanted} had a second nameable object in "
+                                           f"{scenes * MAX_TRIES_PER_SCENE} draws; use >= 2 objects (>= 3 for "
+                                           "move_near / put_on)")
+    if batched:
+        images = np.stack([f[2] for f in found])
+        moves = np.stack([_ask(policy, images, [f[3] for f in found]),
+                          _ask(policy, images, [f[4] for f in found])], axis=1)
+    else:
+        moves = np.stack(asked)
+    result = LanguageProbeResult(policy=str(getattr(policy, "name", type(policy).__name__)), seed=seed)
+    for (family, env_seed, _, text, cf, en, eo), (pn, po) in zip(found, moves):
+        result.scenes.append(ProbeScene(
+            family=family, seed=env_seed, instruction=text, counterfactual=cf,
+            expert_named=tuple(map(float, en)), expert_other=tuple(map(float, eo)),
+            policy_named=tuple(map(float, pn)), policy_other=tuple(map(float, po))))
+    return result

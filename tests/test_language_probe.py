@@ -1,0 +1,65 @@
+"""The counterfactual-instruction probe: an instruction-reading policy follows, a blind one does not."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from rt2edge.errors import ConfigError
+from rt2edge.evaluation import ScriptedExpertPolicy, probe_language
+from rt2edge.sim import TabletopEnv
+from rt2edge.sim.experts import expert_action
+from rt2edge.sim.language import instructions_of
+
+
+class ReadsTheInstruction:
+    """Heads for whichever scene object the instruction names: the expert, steered by the text."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def act(self, image, instruction):
+        scene, task = self.env.scene, self.env.task
+        named = [j for j, o in enumerate(scene.objects) if o.name in instruction and j != task.reference]
+        return expert_action(scene, dataclasses.replace(task, target=named[0]))
+
+
+def _probe(policy, env):
+    return probe_language(policy, scenes=20, seed=3, env_factory=lambda split: env)
+
+
+def test_a_policy_that_reads_the_instruction_follows_it_and_a_blind_one_does_not():
+    env = TabletopEnv(object_counts=(3, 4))
+    reader = _probe(ReadsTheInstruction(env), env)
+    assert len(reader.scenes) == 20 and reader.follows == 1.0 and reader.changes == 1.0
+    # The scripted expert reads the env's task, never the text (the probe attaches it to its env):
+    # right for the real instruction, wrong for every counterfactual one.
+    blind = _probe(ScriptedExpertPolicy(), env)
+    assert blind.follows == 0.5 and blind.changes == 0.0
+    assert [s.seed for s in blind.scenes] == [s.seed for s in reader.scenes]  # the seed fixes the scenes
+    assert {s.family for s in reader.scenes} == {"pick", "move_near", "put_on", "move_to_mat", "move_to_flag"}
+    data = reader.to_dict()
+    assert data["scenes"] == 20 and data["per_family"]["pick"]["follows"] == 1.0
+    assert "follows the named object 100%" in reader.format_line()
+
+
+def test_counterfactuals_are_seen_instructions_that_only_rename_the_object():
+    env = TabletopEnv(object_counts=(3, 4))
+    result = _probe(ReadsTheInstruction(env), env)
+    for s in result.scenes:
+        assert s.counterfactual != s.instruction
+        assert s.counterfactual in instructions_of(s.family, "train")
+        assert s.expert_named != s.expert_other  # the two asks can be told apart
+        a, b = s.instruction.split(), s.counterfactual.split()
+        assert len(a) == len(b) and sum(x != y for x, y in zip(a, b)) in (1, 2)  # colour and/or shape
+
+
+def test_bad_probe_options_are_refused():
+    env = TabletopEnv(object_counts=(2,))
+    with pytest.raises(ConfigError, match="scenes"):
+        probe_language(ScriptedExpertPolicy(), scenes=0)
+    with pytest.raises(ConfigError, match="families"):
+        probe_language(ScriptedExpertPolicy(), families=["pick_extreme"])
+    with pytest.raises(ConfigError, match="object_counts"):
+        probe_language(ScriptedExpertPolicy(), env_factory=lambda split: env, object_counts=(2,))
