@@ -10,11 +10,11 @@ file that marks them, never by their name.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from rt2edge.checks import check_int
+from rt2edge.checks import check_int, check_known_keys
 from rt2edge.errors import ConfigError
 
 CHECKPOINT_BACKENDS = ("eager", "hf-generate")
@@ -128,8 +128,5 @@ class BenchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError("config", f"unknown BenchConfig keys {unknown}")
+        check_known_keys(cls, data)
         return cls(**data)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rt2edge.atomic import atomic_write_json
-from rt2edge.checks import check_int
+from rt2edge.checks import check_int, check_known_keys
 from rt2edge.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16")
@@ -111,10 +111,8 @@ class ExportConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExportConfig:
+        check_known_keys(cls, data, also=("tolerance_in_force",))  # written by to_dict, not a setting
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known - {"tolerance_in_force"})
-        if unknown:
-            raise ConfigError("export config", f"unknown keys {unknown}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def write(self, folder: Path) -> Path:

@@ -6,11 +6,11 @@ written next to the output as `quantize_config.json` (`to_dict`), and `from_dict
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from rt2edge.checks import check_finite, check_int, is_int
+from rt2edge.checks import check_finite, check_int, check_known_keys, is_int
 from rt2edge.errors import ConfigError
 from quantize.registry import QuantMethod, get_method
 
@@ -179,12 +179,7 @@ class QuantizeConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuantizeConfig:
-        if not isinstance(data, Mapping):
-            raise ConfigError("config", f"expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown option; known: {sorted(known)}")
+        check_known_keys(cls, data)
         missing = [k for k in ("source", "out") if k not in data]
         if missing:
             raise ConfigError(missing[0], "is required")

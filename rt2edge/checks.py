@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import fields
+from typing import Any, Iterable, Mapping
 
 from rt2edge.errors import ConfigError
 
@@ -35,3 +36,14 @@ def check_finite(name: str, value: Any, low: float | None = None, high: float | 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(name, f"must be a finite number, got {value!r}")
     check_range(name, value, low, high, low_open)
+
+
+def check_known_keys(cls: type, data: Any, also: Iterable[str] = ()) -> None:
+    """`data` is a mapping whose keys are fields of the dataclass `cls` (or in `also`: keys a
+    saved config may carry that are not settings), else ConfigError naming the first unknown key."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("config", f"expected a mapping of {cls.__name__} settings, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known - set(also))
+    if unknown:
+        raise ConfigError(unknown[0], f"is not a {cls.__name__} setting (known: {sorted(known)})")

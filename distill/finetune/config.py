@@ -10,12 +10,13 @@ but `RUN_ONLY_FIELDS`), so a resume can never silently continue a different expe
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 from distill.checks import existing_dir, finite, one_of, positive_int, required
 from rt2edge.atomic import atomic_write_json
+from rt2edge.checks import check_known_keys
 from rt2edge.errors import ConfigError
 
 CONFIG_FILENAME = "finetune_config.json"
@@ -93,10 +94,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"is not a {cls.__name__} field (known: {sorted(known)})")
+        check_known_keys(cls, data)
         return cls(**dict(data))
 
     @classmethod
