@@ -102,6 +102,10 @@ class PromptFormat:
                           + tokenize(template.format(instruction)) + suffix_ids
     This is PaliGemma's layout and works unchanged for LLaVA-style models (which replace the image
     placeholder ids with image features wherever they stand). The action tokens follow it.
+    With `instruction_first`, [bos] + text comes before the image tokens (then the suffix): in a
+    causal (LLaVA-style) decoder every image token can then attend to the instruction, so a patch
+    can tell "I am the object named" (early fusion) instead of leaving all of that binding to the
+    positions after the image. A prefix-LM attends both ways and gains nothing from it.
     """
 
     image_token_id: int
@@ -110,12 +114,15 @@ class PromptFormat:
     template: str = RT2_PROMPT_TEMPLATE
     suffix_ids: tuple[int, ...] = field(default_factory=tuple)
     max_text_tokens: int = 64
+    instruction_first: bool = False
 
     def __post_init__(self) -> None:
         if "{instruction}" not in self.template:
             raise InputError("prompt.template", "must contain '{instruction}'")
         if self.num_image_tokens < 1:
             raise InputError("prompt.num_image_tokens", "must be >= 1")
+        if not isinstance(self.instruction_first, bool):
+            raise InputError("prompt.instruction_first", f"must be true or false, got {self.instruction_first!r}")
 
     def text(self, instruction: str) -> str:
         return self.template.format(instruction=validate_instruction(instruction))
@@ -126,8 +133,9 @@ class PromptFormat:
             raise InputError(
                 "instruction", f"is {len(text_ids)} tokens, the limit is {self.max_text_tokens}"
             )
-        bos = [] if self.bos_token_id is None else [self.bos_token_id]
-        ids = [self.image_token_id] * self.num_image_tokens + bos + list(text_ids) + list(self.suffix_ids)
+        text = ([] if self.bos_token_id is None else [self.bos_token_id]) + list(text_ids)
+        image = [self.image_token_id] * self.num_image_tokens
+        ids = (text + image if self.instruction_first else image + text) + list(self.suffix_ids)
         return np.asarray(ids, dtype=np.int64)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +146,7 @@ class PromptFormat:
             "template": self.template,
             "suffix_ids": list(self.suffix_ids),
             "max_text_tokens": self.max_text_tokens,
+            "instruction_first": self.instruction_first,
         }
 
     @classmethod
@@ -149,4 +158,5 @@ class PromptFormat:
             template=str(data["template"]),
             suffix_ids=tuple(int(x) for x in data.get("suffix_ids", ())),
             max_text_tokens=int(data.get("max_text_tokens", 64)),
+            instruction_first=data.get("instruction_first", False),  # older prompts: image first
         )

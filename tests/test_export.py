@@ -234,3 +234,24 @@ def test_unsupported_decoder_is_refused(tokenizer):
 
 def decoder_inputs(manifest):
     return manifest.graphs["decoder"].inputs
+
+
+def test_instruction_first_prompt_round_trips_through_the_runtime(tokenizer, tmp_path):
+    import dataclasses
+
+    from rt2edge.runtime import Policy
+
+    policy = tiny_policy(tokenizer, "llava")
+    policy.prompt = dataclasses.replace(policy.prompt, instruction_first=True)
+    policy.save_pretrained(tmp_path / "ckpt")
+    art = export.run(export.ExportConfig(checkpoint=tmp_path / "ckpt", out=tmp_path / "art", validate_frames=4))
+    validation = _report(art)["validation"]
+    assert validation["passed"], validation["failures"]
+    # validation ran the robot runtime against torch's generate() (tie-aware: random weights)
+    assert validation["token_agreement"]["tie_aware"] == 1.0
+    runtime = Policy.load(art, num_threads=1)
+    assert runtime.prompt.instruction_first
+    before, after = runtime._text_embeds("open the drawer")
+    assert before.shape[1] > 1 and after.shape[1] == 0  # [bos + text] [image] [no suffix]
+    action = runtime.act(np.zeros((32, 32, 3), np.uint8), "open the drawer")
+    assert not action.safe_fallback, action.reason

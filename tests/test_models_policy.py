@@ -305,3 +305,33 @@ def test_last_strategy_on_a_padded_table_uses_the_base_vocab_like_openvla(tokeni
     with pytest.raises(ConfigError, match="action.vocab_size"):
         VLAPolicy.from_model(model, tokenizer, action=ActionVocabConfig(strategy="last",
                                                                         vocab_size=len(tokenizer) + 65))
+
+
+def test_instruction_first_puts_the_image_after_the_text_where_it_sees_the_instruction(tokenizer, tmp_path):
+    from dataclasses import replace
+
+    policy = tiny_policy(tokenizer)
+    policy.prompt = replace(policy.prompt, instruction_first=True)
+    n_image = policy.prompt.num_image_tokens
+    ids = policy.prompt.build_input_ids([11, 12, 13])
+    assert list(ids[:4]) == [policy.prompt.bos_token_id, 11, 12, 13]
+    assert (ids[4:4 + n_image] == policy.prompt.image_token_id).all() and len(ids) == 4 + n_image
+
+    def first_image_hidden(instruction):
+        batch = policy.build_training_batch(images(1), instruction, np.zeros((1, 8)))
+        start = int((batch["input_ids"][0] == policy.prompt.image_token_id).nonzero()[0])
+        with torch.no_grad():
+            out = policy.model(**policy.model_inputs(batch), output_hidden_states=True)
+        return out.hidden_states[-1][0, start]
+
+    # causal LLaVA: the image tokens now attend to the instruction before them
+    assert not torch.allclose(first_image_hidden("pick up the red block"), first_image_hidden("open the drawer"))
+    policy.save_pretrained(tmp_path / "ckpt")
+    reloaded = VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    assert reloaded.prompt.instruction_first
+    np.testing.assert_array_equal(reloaded.predict_action_tokens(images(2), "lift the cup"),
+                                  policy.predict_action_tokens(images(2), "lift the cup"))
+    with pytest.raises(InputError, match="instruction_first"):
+        replace(policy.prompt, instruction_first="yes")
+    legacy = {k: v for k, v in policy.prompt.to_dict().items() if k != "instruction_first"}
+    assert not type(policy.prompt).from_dict(legacy).instruction_first  # older checkpoints: image first

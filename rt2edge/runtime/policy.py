@@ -55,7 +55,7 @@ class Policy:
         self._text_tokenizer = tokenizers.Tokenizer.from_file(
             str(folder / manifest.files["tokenizer"].file))
         self._special_ids = _special_token_ids(self._text_tokenizer)
-        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._text_cache_size = text_cache_size
 
         model = manifest.model
@@ -174,14 +174,14 @@ class Policy:
         t = start
         pixel_values = self.preprocessing(batch)
         t = self._timed("preprocess", timing, t)
-        text_embeds = self._text_embeds(text)  # InputError when the prompt has too many tokens
+        before, after = self._text_embeds(text)  # InputError when the prompt has too many tokens
         t = self._timed("embed", timing, t)
         deadline.check("before vision", self._stages("embed"))
         image_embeds = self._vision.run({"pixel_values": pixel_values}, ["image_embeds"])[0]
         t = self._timed("vision", timing, t)
         deadline.check("before prefill", self._stages("vision"))
 
-        prompt_embeds = np.concatenate([image_embeds.astype(np.float32, copy=False), text_embeds], axis=1)
+        prompt_embeds = np.concatenate([before, image_embeds.astype(np.float32, copy=False), after], axis=1)
         length = prompt_embeds.shape[1]
         if self._parallel:  # the whole action from one decoder run, timed as the prefill
             bins = self._pick_all(self._decoder.run({"inputs_embeds": prompt_embeds}, self._outputs))
@@ -262,8 +262,9 @@ class Policy:
             raise InputError("image", f"act() takes one image, got a batch of {batch.shape[0]}")
         return batch
 
-    def _text_embeds(self, text: str) -> np.ndarray:
-        """[1, T, D] embeddings of the prompt's text part (everything after the image tokens)."""
+    def _text_embeds(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """[1, T, D] embeddings of the prompt's ids before and after its image tokens (embedded
+        once per text; the vision embeddings take the image tokens' place)."""
         cached = self._text_cache.get(text)
         if cached is not None:
             self._text_cache.move_to_end(text)
@@ -278,14 +279,17 @@ class Policy:
             names = sorted(self._text_tokenizer.id_to_token(i) for i in special)
             raise InputError("instruction", f"contains special tokens {names}")
         input_ids = self.prompt.build_input_ids(ids)
-        # [Contract] PromptFormat puts the num_image_tokens image placeholders first; the vision
-        # embeddings take their place, so only the ids after them are embedded (once per text).
-        text_ids = input_ids[self.prompt.num_image_tokens:][None]
-        embeds = self._embed.run({"input_ids": text_ids}, ["inputs_embeds"])[0].astype(np.float32)
-        self._text_cache[text] = embeds
+        # [Contract] PromptFormat puts its num_image_tokens image placeholders in one run (first,
+        # or after the instruction): the ids on either side are embedded, the vision fills the run.
+        start = int(np.argmax(input_ids == self.prompt.image_token_id))
+        end = start + self.prompt.num_image_tokens
+        embeds = self._embed.run({"input_ids": np.concatenate([input_ids[:start], input_ids[end:]])[None]},
+                                 ["inputs_embeds"])[0].astype(np.float32)
+        parts = (embeds[:, :start], embeds[:, start:])
+        self._text_cache[text] = parts
         if len(self._text_cache) > self._text_cache_size:
             self._text_cache.popitem(last=False)
-        return embeds
+        return parts
 
 
 def _special_token_ids(tokenizer: Any) -> set[int]:
