@@ -40,6 +40,7 @@ def test_preset_sizes_and_action_space(name):
     text = policy.model.config.get_text_config()
     assert text.hidden_size // text.num_attention_heads in (32, 64)
     assert policy.family == PRESETS[name].family
+    assert policy.prompt.instruction_first == PRESETS[name].instruction_first
 
 
 def test_preset_with_statistics_and_corpus_is_deterministic():
@@ -94,7 +95,8 @@ def test_info_command(tmp_path):
     result = runner.invoke(app, ["info", str(tmp_path / "ckpt")])
     assert result.exit_code == 0, result.output
     for text in ("llava", "siglip vision, llama decoder", "strategy append", "256 bins",
-                 "7 dims", "terminate yes", "normalization none", "vision 0.43M"):
+                 "7 dims", "terminate yes", "normalization none", "vision 0.43M",
+                 f"prompt:      {'instruction, image' if PRESETS['student-s'].instruction_first else 'image, instruction'}"):
         assert text in result.output, result.output
 
     result = runner.invoke(app, ["info", "--json", str(tmp_path / "ckpt")])

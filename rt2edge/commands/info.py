@@ -40,6 +40,7 @@ def describe_checkpoint(directory: Path) -> dict:
         "tied_lm_head": bool(getattr(config, "tie_word_embeddings", False)),
         "vocab_size": int(text_config.vocab_size),
         "image_tokens": meta.prompt.num_image_tokens,
+        "prompt_layout": "instruction, image" if meta.prompt.instruction_first else "image, instruction",
         "image_size": meta.image_preprocessing.size,
         "action": {
             "strategy": tok.strategy,
@@ -66,6 +67,7 @@ def _print(info: dict) -> None:
         f" + projector {_millions(p['projector'])} + language {_millions(p['language'])} + head {head}",
         f"vocabulary:  {info['vocab_size']} ids (action ids {a['token_id_range'][0]}..{a['token_id_range'][1]})",
         f"image:       {info['image_size']}x{info['image_size']} -> {info['image_tokens']} tokens",
+        f"prompt:      {info['prompt_layout']}, then the action",
         f"action:      strategy {a['strategy']}, {a['n_bins']} bins, {a['num_dims']} dims "
         f"({' '.join(a['dim_names'])}), terminate {'yes' if a['terminate'] else 'no'}, "
         f"normalization {a['normalization']}, {a['tokens_per_action']} tokens/action",

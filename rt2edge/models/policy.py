@@ -91,12 +91,13 @@ class VLAPolicy(nn.Module):
                    action: ActionVocabConfig = ActionVocabConfig(),
                    corpus: Iterable[str] | None = None, statistics: Any = None,
                    image_preprocessing: ImagePreprocessing | None = None,
-                   template: str = RT2_PROMPT_TEMPLATE) -> VLAPolicy:
+                   template: str = RT2_PROMPT_TEMPLATE, instruction_first: bool = False) -> VLAPolicy:
         """Turn a HF VLM (random or pretrained) + its text tokenizer into a VLA policy.
 
         statistics: None, one ActionStatistics, or {dataset name: ActionStatistics}; the first
         dataset is the default `unnorm_key`. corpus: the text whose token counts choose the ids
-        for the `least_frequent` strategy (ignored otherwise).
+        for the `least_frequent` strategy (ignored otherwise). instruction_first: the prompt's
+        layout (see PromptFormat).
         """
         family = family_for_config(model.config)
         datasets = as_dataset_statistics(statistics)
@@ -112,6 +113,7 @@ class VLAPolicy(nn.Module):
             bos_token_id=text_tokenizer.bos_token_id,
             template=template,
             suffix_ids=tuple(suffix),
+            instruction_first=instruction_first,
         )
         preprocessing = image_preprocessing or ImagePreprocessing(size=family.image_size(model.config))
         return cls(model, text_tokenizer, action_tokenizer, prompt, preprocessing, family.name,

@@ -33,6 +33,7 @@ class Preset:
     size: VLMSize
     text_vocab_size: int = 1024  # an upper bound: a small corpus yields fewer merges
     description: str = ""
+    instruction_first: bool = False  # the prompt's layout (PromptFormat.instruction_first)
 
 
 PRESETS: dict[str, Preset] = {
@@ -97,7 +98,8 @@ def build_preset(name: str, corpus: Iterable[str] | None = None, statistics: Any
     # `append` draws the new embedding rows at random: seed them too, without touching the caller's RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        policy = VLAPolicy.from_model(model, tokenizer, action=action, corpus=texts, statistics=statistics)
+        policy = VLAPolicy.from_model(model, tokenizer, action=action, corpus=texts, statistics=statistics,
+                                      instruction_first=preset.instruction_first)
     if decoding == "parallel":
         from rt2edge.models.parallel import ParallelVLAPolicy
 
