@@ -148,7 +148,10 @@ def build_processor(policy: Any) -> tuple[Any, Callable[[str], str]]:
         size={"height": prep.size, "width": prep.size}, image_mean=list(prep.mean),
         image_std=list(prep.std), resample=2)  # PIL.Image.BILINEAR, as ImagePreprocessing
     image_token = tok.convert_ids_to_tokens(policy.prompt.image_token_id)
+    first = policy.prompt.instruction_first
     if config.model_type == "paligemma":
+        if first:  # its processor always writes the image first
+            raise ConfigError("backend", "hf-generate cannot build an instruction-first PaliGemma prompt")
         # PaliGemma's processor writes <image> x N + <bos> + prompt + "\n" itself.
         image_processor.image_seq_length = policy.prompt.num_image_tokens
         processor = transformers.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
@@ -160,6 +163,8 @@ def build_processor(policy: Any) -> tuple[Any, Callable[[str], str]]:
             vision_feature_select_strategy=config.vision_feature_select_strategy,
             image_token=image_token, num_additional_image_tokens=1 if clip else 0)
         bos = tok.bos_token or ""
+        if first:  # PromptFormat.instruction_first: [bos text] then the image
+            return processor, lambda instruction: bos + policy.prompt.text(instruction) + image_token
         return processor, lambda instruction: image_token + bos + policy.prompt.text(instruction)
     raise ConfigError("backend", f"hf-generate has no processor recipe for {config.model_type!r}")
 

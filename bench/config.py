@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from rt2edge.checks import check_int, check_known_keys
+from rt2edge.checks import check_finite, check_int, check_known_keys
 from rt2edge.errors import ConfigError
 
 CHECKPOINT_BACKENDS = ("eager", "hf-generate")
@@ -98,8 +98,7 @@ class BenchConfig:
         if not rates or any(not r > 0 for r in rates):
             raise ConfigError("target_rates", f"must be positive control rates in Hz, got {list(rates)}")
         self.target_rates = rates
-        if not self.machine_budget_s > 0:
-            raise ConfigError("machine_budget_s", f"must be > 0 seconds, got {self.machine_budget_s}")
+        check_finite("machine_budget_s", self.machine_budget_s, low=0.0, low_open=True)
         if self.reference is not None:
             self.reference = Path(self.reference)
         if self.devices is not None:

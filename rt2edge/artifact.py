@@ -33,12 +33,28 @@ from rt2edge.errors import ArtifactError, ConfigError, Rt2EdgeError
 from rt2edge.observation import ImagePreprocessing, PromptFormat
 
 FORMAT = "rt2edge-artifact"
-FORMAT_VERSION = 2  # the newest format this reader reads
+FORMAT_VERSION = 3  # the newest format this reader reads
 # [Contract] how the decoder graph yields an action, and the first format version that has it. A
 # manifest is written with the lowest version that describes it: autoregressive artifacts stay
 # version 1 (readable by every runtime), a version-1 runtime refuses a parallel one by its version.
 DECODING_VERSIONS = {"autoregressive": 1, "parallel": 2}
 DECODINGS = tuple(DECODING_VERSIONS)
+# A prompt with the instruction before the image (PromptFormat.instruction_first) is new in
+# version 3: an older reader ignores the key and would build image-first prompts, wrong actions.
+INSTRUCTION_FIRST_VERSION = 3
+
+
+def required_format_version(decoding: str, prompt_config: Mapping[str, Any]) -> int:
+    """The lowest format version that describes a model with this decoding and prompt."""
+    layout = INSTRUCTION_FIRST_VERSION if prompt_config.get("instruction_first") else 1
+    return max(DECODING_VERSIONS[decoding], layout)
+
+
+def version_reason(decoding: str, prompt_config: Mapping[str, Any]) -> str:
+    """What sets `required_format_version`, for an error message."""
+    if DECODING_VERSIONS[decoding] >= required_format_version(decoding, prompt_config):
+        return f"'decoding' {decoding!r}"
+    return "'prompt.instruction_first'"
 MANIFEST_FILE = "manifest.json"
 GRAPH_NAMES = ("vision", "embed", "decoder")
 # What the graphs are for: "onnxruntime" graphs may hold ONNX Runtime contrib ops (com.microsoft),
@@ -234,11 +250,11 @@ class ArtifactManifest:
         if decoding not in DECODING_VERSIONS:
             raise ArtifactError(f"{MANIFEST_FILE}: 'decoding' must be one of {DECODINGS}, got {decoding!r}")
         self.decoding = decoding
-        needed = DECODING_VERSIONS[decoding]
+        needed = required_format_version(decoding, self.prompt_config)
         self.format_version = needed if format_version is None else format_version
         if self.format_version < needed:
-            raise ArtifactError(f"{MANIFEST_FILE}: 'decoding' {decoding!r} needs format_version >= {needed} "
-                                f"(older runtimes must refuse it), got {self.format_version}")
+            raise ArtifactError(f"{MANIFEST_FILE}: {version_reason(decoding, self.prompt_config)} needs "
+                                f"format_version >= {needed} (older runtimes must refuse it), got {self.format_version}")
         self.extra = dict(extra or {})
         missing = [g for g in GRAPH_NAMES if g not in self.graphs]
         if missing:

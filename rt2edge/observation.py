@@ -100,7 +100,8 @@ class PromptFormat:
 
     [Contract] sequence = [image_token_id] * num_image_tokens + [bos_token_id] (if any)
                           + tokenize(template.format(instruction)) + suffix_ids
-    This is PaliGemma's layout and works unchanged for LLaVA-style models (which replace the image
+               or, instruction_first: [bos] + tokenize(...) + [image_token_id] * n + suffix_ids
+    The default is PaliGemma's layout and works unchanged for LLaVA-style models (which replace the image
     placeholder ids with image features wherever they stand). The action tokens follow it.
     With `instruction_first`, [bos] + text comes before the image tokens (then the suffix): in a
     causal (LLaVA-style) decoder every image token can then attend to the instruction, so a patch

@@ -15,7 +15,8 @@ Where the pointer reads:
 
 Frames are the pre-grasp steps of short expert rollouts with DART noise (the gripper anywhere, the
 named object not yet held), rendered by the project's own simulator; nothing is downloaded. The
-language probe on held-out scenes is the metric. The pointer head is dropped when saving: the
+language probe (`rt2edge eval --language-probe`, seen instructions on scenes it never trained on)
+is the metric. The pointer head is dropped when saving: the
 output is a plain checkpoint for `rt2edge distill finetune --init`.
 
     python scripts/grounding_pretrain.py --init runs/init/dense-pick2 --out runs/init/grounded \\
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be >= 2 (the one-cycle schedule needs a warm-up step)")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -109,6 +112,9 @@ def main() -> None:
                      "policy or an instruction-first prompt")
     vision = policy.model.config.vision_config
     grid = vision.image_size // vision.patch_size
+    if grid * grid != policy.prompt.num_image_tokens:  # e.g. a CLIP tower's extra CLS token
+        parser.error(f"the pointer needs one image token per patch: {policy.prompt.num_image_tokens} tokens "
+                     f"for {grid} x {grid} patches")
     hidden = policy.model.config.text_config.hidden_size
     head = nn.Linear(hidden, grid * grid if args.pointer_at == "last" else 1)
     families = None if args.families is None else tuple(args.families.split(","))

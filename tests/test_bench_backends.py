@@ -65,13 +65,21 @@ def test_eager_and_hf_generate_agree_on_the_tokens(student):
     assert report.stages["generate"].count == 2 and report.info == {}
 
 
-def test_hf_processor_builds_the_policy_prompt(student):
+@pytest.mark.parametrize("instruction_first", [False, True])
+def test_hf_processor_builds_the_policy_prompt(student, instruction_first):
+    import dataclasses
+
     from bench.backends import build_processor
 
-    processor, text = build_processor(student)
-    image, _ = _observations(64, 1)[0]
-    inputs = processor(images=image, text=text(INSTRUCTION), return_tensors="pt")
-    ours = student.encode_observations(image, INSTRUCTION)
+    original = student.prompt
+    student.prompt = dataclasses.replace(original, instruction_first=instruction_first)
+    try:
+        processor, text = build_processor(student)
+        image, _ = _observations(64, 1)[0]
+        inputs = processor(images=image, text=text(INSTRUCTION), return_tensors="pt")
+        ours = student.encode_observations(image, INSTRUCTION)
+    finally:
+        student.prompt = original
     assert inputs["input_ids"].tolist() == ours["input_ids"].tolist()
 
 

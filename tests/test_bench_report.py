@@ -226,6 +226,9 @@ def test_config_is_validated_by_field(tmp_path):
         BenchConfig(sources=[tmp_path / "a"], out=tmp_path / "o", backends=["runtime"])
     with pytest.raises(ConfigError, match="^target_rates"):
         BenchConfig(sources=[tmp_path / "a"], out=tmp_path / "o", target_rates=[0])
+    for budget in (0.0, float("inf"), "1"):
+        with pytest.raises(ConfigError, match="^machine_budget_s"):
+            BenchConfig(sources=[tmp_path / "a"], out=tmp_path / "o", machine_budget_s=budget)
     with pytest.raises(ConfigError, match="^sources"):
         BenchConfig(sources=[tmp_path / "a", tmp_path / "a"], out=tmp_path / "o")
     with pytest.raises(ConfigError, match="^out"):

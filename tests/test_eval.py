@@ -200,7 +200,7 @@ def test_rt2edge_eval_command(tiny_checkpoint, tmp_path):
             "--language-probe", "3"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "heldout success" in result.output and "language probe (3 scenes)" in result.output
+    assert "heldout success" in result.output and "language probe (3 seen-instruction scenes)" in result.output
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["splits"]["heldout"]["overall"]["episodes"] == 2 and data["max_steps"] == 3
     probe = data["language_probe"]
@@ -208,3 +208,7 @@ def test_rt2edge_eval_command(tiny_checkpoint, tmp_path):
     assert (tmp_path / "roll.png").stat().st_size > 0
     bad = CliRunner().invoke(app, ["eval", str(tiny_checkpoint), "--split", "test"])
     assert bad.exit_code == 2
+    # refused before the evaluation runs: pick_extreme never names the object to move
+    bad = CliRunner().invoke(app, ["eval", str(tiny_checkpoint), "--families", "pick_extreme",
+                                   "--language-probe", "5", "--json", str(tmp_path / "none.json")])
+    assert bad.exit_code == 2 and "families" in bad.output and not (tmp_path / "none.json").exists()

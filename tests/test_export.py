@@ -249,6 +249,7 @@ def test_instruction_first_prompt_round_trips_through_the_runtime(tokenizer, tmp
     assert validation["passed"], validation["failures"]
     # validation ran the robot runtime against torch's generate() (tie-aware: random weights)
     assert validation["token_agreement"]["tie_aware"] == 1.0
+    assert load_manifest(art).format_version == 3  # a reader that knows only image-first prompts refuses it
     runtime = Policy.load(art, num_threads=1)
     assert runtime.prompt.instruction_first
     before, after = runtime._text_embeds("open the drawer")

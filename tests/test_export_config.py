@@ -18,6 +18,9 @@ from rt2edge.errors import ConfigError
     ({"validate_frames": 0}, "validate_frames"),
     ({"atol": -1.0}, "atol"),
     ({"min_token_agreement": 1.5}, "min_token_agreement"),
+    ({"atol": float("inf")}, "atol"),  # would switch the validation gate off
+    ({"rtol": float("nan")}, "rtol"),
+    ({"min_token_agreement": True}, "min_token_agreement"),
     ({"build_engine": True}, "build_engine"),
     ({"max_batch": 0}, "max_batch"),
 ])

@@ -25,6 +25,35 @@ class ReadsTheInstruction:
         return expert_action(scene, dataclasses.replace(task, target=named[0]))
 
 
+class ReadsInBatches:
+    """A stateless, batched instruction reader: looks each image's scene up in what its env showed."""
+
+    stateful = False
+
+    def __init__(self, env):
+        self.scenes, reset = {}, env.reset
+
+        def recording_reset(**kwargs):
+            obs, info = reset(**kwargs)
+            self.scenes[obs["image"].tobytes()] = (env.scene.copy(), env.task)
+            return obs, info
+
+        env.reset = recording_reset
+        self.calls = []
+
+    def act_batch(self, images, instructions):
+        self.calls.append(len(images))
+        out = []
+        for image, text in zip(images, instructions):
+            scene, task = self.scenes[image.tobytes()]
+            named = [j for j, o in enumerate(scene.objects) if o.name in text and j != task.reference]
+            out.append(expert_action(scene, dataclasses.replace(task, target=named[0])))
+        return out
+
+    def act(self, image, instruction):
+        return self.act_batch([image], [instruction])[0]
+
+
 def _probe(policy, env):
     return probe_language(policy, scenes=20, seed=3, env_factory=lambda split: env)
 
@@ -42,6 +71,14 @@ def test_a_policy_that_reads_the_instruction_follows_it_and_a_blind_one_does_not
     data = reader.to_dict()
     assert data["scenes"] == 20 and data["per_family"]["pick"]["follows"] == 1.0
     assert "follows the named object 100%" in reader.format_line()
+
+
+def test_batched_policies_are_asked_in_chunks_in_scene_order():
+    env = TabletopEnv(object_counts=(3, 4))
+    policy = ReadsInBatches(env)
+    result = probe_language(policy, scenes=10, seed=3, batch_size=4, env_factory=lambda split: env)
+    assert result.follows == 1.0 and result.changes == 1.0
+    assert policy.calls == [4, 4, 2, 4, 4, 2]  # real instructions, then the counterfactual ones
 
 
 def test_counterfactuals_are_seen_instructions_that_only_rename_the_object():

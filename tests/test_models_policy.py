@@ -329,6 +329,14 @@ def test_instruction_first_puts_the_image_after_the_text_where_it_sees_the_instr
     policy.save_pretrained(tmp_path / "ckpt")
     reloaded = VLAPolicy.from_pretrained(tmp_path / "ckpt")
     assert reloaded.prompt.instruction_first
+    # older readers ignore the key and would build image-first prompts: version 3 makes them refuse
+    meta_path = tmp_path / "ckpt" / "rt2edge.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["format_version"] == 3
+    meta_path.write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(ArtifactError, match=r"'prompt.instruction_first' needs format_version >= 3"):
+        VLAPolicy.from_pretrained(tmp_path / "ckpt")
+    meta_path.write_text(json.dumps(meta))
     np.testing.assert_array_equal(reloaded.predict_action_tokens(images(2), "lift the cup"),
                                   policy.predict_action_tokens(images(2), "lift the cup"))
     with pytest.raises(InputError, match="instruction_first"):

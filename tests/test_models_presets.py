@@ -40,7 +40,6 @@ def test_preset_sizes_and_action_space(name):
     text = policy.model.config.get_text_config()
     assert text.hidden_size // text.num_attention_heads in (32, 64)
     assert policy.family == PRESETS[name].family
-    assert policy.prompt.instruction_first == PRESETS[name].instruction_first
 
 
 def test_preset_with_statistics_and_corpus_is_deterministic():
@@ -89,14 +88,21 @@ def test_family_refuses_a_decoder_it_does_not_pair_with():
         get_family("paligemma").build_config(size, SpecialTokenIds(300, 0, 1, 2, 3))
 
 
-def test_info_command(tmp_path):
-    build_preset("student-s").save_pretrained(tmp_path / "ckpt")
+@pytest.mark.parametrize("instruction_first", [False, True])
+def test_info_command(tmp_path, monkeypatch, instruction_first):
+    import dataclasses
+
+    monkeypatch.setitem(PRESETS, "student-s", dataclasses.replace(PRESETS["student-s"],
+                                                                  instruction_first=instruction_first))
+    built = build_preset("student-s")
+    assert built.prompt.instruction_first is instruction_first  # the preset's layout reaches the prompt
+    built.save_pretrained(tmp_path / "ckpt")
     runner = CliRunner()
     result = runner.invoke(app, ["info", str(tmp_path / "ckpt")])
     assert result.exit_code == 0, result.output
     for text in ("llava", "siglip vision, llama decoder", "strategy append", "256 bins",
                  "7 dims", "terminate yes", "normalization none", "vision 0.43M",
-                 f"prompt:      {'instruction, image' if PRESETS['student-s'].instruction_first else 'image, instruction'}"):
+                 f"prompt:      {'instruction, image' if instruction_first else 'image, instruction'}"):
         assert text in result.output, result.output
 
     result = runner.invoke(app, ["info", "--json", str(tmp_path / "ckpt")])

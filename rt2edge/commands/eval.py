@@ -35,13 +35,15 @@ def register(app: typer.Typer) -> None:
         providers: Optional[str] = typer.Option(None, "--providers", help="Artifact backends, best first."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
         language_probe: int = typer.Option(0, "--language-probe", min=0,
-                                           help="Also ask the policy on this many first frames with the real "
-                                                "instruction and one naming another object: does it follow "
-                                                "the instruction? (0: skip)"),
+                                           help="Also ask the policy on this many first frames (seen "
+                                                "instructions, whatever --split) with the real instruction "
+                                                "and one naming another object: does it follow the "
+                                                "instruction? (0: skip)"),
     ) -> None:
         """Run a policy in TabletopEnv; print success per task family for seen and held-out instructions."""
         from rt2edge.errors import ConfigError
         from rt2edge.evaluation import evaluate, load_policy, probe_language, save_rollout
+        from rt2edge.evaluation.language_probe import probe_families
 
         if split not in SPLIT_CHOICES:
             raise typer.BadParameter(f"must be one of {sorted(SPLIT_CHOICES)}", param_hint="--split")
@@ -54,12 +56,15 @@ def register(app: typer.Typer) -> None:
                 policy = load_policy(policy_path, providers=providers)
                 family_list = None if families is None else [f.strip() for f in families.split(",")]
                 counts = None if objects is None else int_list(objects, "object_counts")
+                if language_probe:
+                    probe_families(family_list)  # refuse a family list it cannot probe before the evaluation
                 result = evaluate(policy, episodes=episodes, seed=seed, splits=SPLIT_CHOICES[split],
                                   families=family_list, num_envs=num_envs, max_steps=max_steps,
                                   record=gif is not None, object_counts=counts)
                 if language_probe:
                     result.language_probe = probe_language(policy, scenes=language_probe, seed=seed,
-                                                           families=family_list, object_counts=counts)
+                                                           families=family_list, object_counts=counts,
+                                                           batch_size=num_envs)
             except ConfigError as exc:
                 raise bad_option(exc, {"object_counts": "objects"}) from exc
         typer.echo(result.format_table())

@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rt2edge.errors import ConfigError
+from rt2edge.checks import check_int
+from rt2edge.errors import ActionValueError, ConfigError
 from rt2edge.evaluation.policies import supports_batch
 
 PROBE_STREAM = 0x1A96  # salts the probe's scene seeds: not the evaluation's, not the data's
@@ -49,6 +50,7 @@ class LanguageProbeResult:
     policy: str
     seed: int
     scenes: list[ProbeScene] = field(default_factory=list)
+    safe_fallbacks: int | None = None  # deploy artifacts: asks answered with the safe action
 
     @staticmethod
     def _rates(scenes: Sequence[ProbeScene]) -> dict[str, float]:
@@ -77,13 +79,15 @@ class LanguageProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"policy": self.policy, "seed": self.seed, **self._rates(self.scenes),
+                "safe_fallbacks": self.safe_fallbacks,
                 "per_family": self.per_family(),
                 "scene_records": [dataclasses.asdict(s) for s in self.scenes]}
 
     def format_line(self) -> str:
         r = self._rates(self.scenes)
-        return (f"language probe ({r['scenes']} scenes): follows the named object {r['follows']:.0%} "
-                f"(language-blind <= ~50%), move changes with the name {r['changes']:.0%}")
+        line = (f"language probe ({r['scenes']} seen-instruction scenes): follows the named object "
+                f"{r['follows']:.0%} (language-blind <= ~50%), move changes with the name {r['changes']:.0%}")
+        return line + (f", {self.safe_fallbacks} safe-fallback actions" if self.safe_fallbacks else "")
 
 
 def _closer(move: Sequence[float], named: Sequence[float], other: Sequence[float]) -> bool:
@@ -91,11 +95,16 @@ def _closer(move: Sequence[float], named: Sequence[float], other: Sequence[float
     return float(np.abs(move - named).sum()) < float(np.abs(move - other).sum())
 
 
-def _probe_families(families: Sequence[str]) -> list[str]:
-    """The families whose instructions name the object to move ({x})."""
-    from rt2edge.sim.language import TEMPLATES, placeholders
+def probe_families(families: Sequence[str] | None) -> list[str]:
+    """The given families (default: all) whose instructions name the object to move ({x});
+    ConfigError when none does (callers check before a long evaluation)."""
+    from rt2edge.sim.language import TEMPLATES, check_families, placeholders
 
-    return [f for f in families if all("x" in placeholders(t) for t in TEMPLATES[f]["train"])]
+    wanted = [f for f in check_families(families) if all("x" in placeholders(t) for t in TEMPLATES[f]["train"])]
+    if not wanted:
+        raise ConfigError("families", "none of them names the object to move (pick_extreme does not); "
+                                      "the probe needs e.g. pick, move_near, put_on, move_to_mat, move_to_flag")
+    return wanted
 
 
 def _counterfactual(env: Any) -> tuple[str, Any] | None:
@@ -111,20 +120,24 @@ def _counterfactual(env: Any) -> tuple[str, Any] | None:
     named = scene.objects[task.target].name
     taken = {named} | ({scene.objects[task.reference].name} if task.reference is not None else set())
     allowed = {f"{c} {s}" for c, s in mover_combos(env.sampler.split)}
+    if task.instruction.count(named) != 1:
+        return None
     for j, obj in enumerate(scene.objects):
-        if j in (task.target, task.reference) or obj.name in taken or obj.name not in allowed:
+        if (j in (task.target, task.reference) or obj.name in taken or obj.name not in allowed
+                or obj.name in task.instruction):
             continue
-        if task.instruction.count(named) != 1 or obj.name in task.instruction:
-            return None
         text = task.instruction.replace(named, obj.name)
         return text, dataclasses.replace(task, target=j, instruction=text)
     return None
 
 
-def _ask(policy: Any, images: np.ndarray, instructions: list[str]) -> np.ndarray:
+def _ask(policy: Any, images: np.ndarray, instructions: list[str], batch_size: int) -> np.ndarray:
     """(n, 2) xy moves; a stateful policy is reset before every ask (each is a first frame)."""
     if supports_batch(policy):
-        actions = np.asarray(policy.act_batch(images, instructions), np.float64).reshape(len(images), -1)
+        actions = np.concatenate([
+            np.asarray(policy.act_batch(images[i:i + batch_size], instructions[i:i + batch_size]),
+                       np.float64).reshape(len(images[i:i + batch_size]), -1)
+            for i in range(0, len(images), batch_size)])
     else:
         rows = []
         for image, text in zip(images, instructions):
@@ -134,29 +147,25 @@ def _ask(policy: Any, images: np.ndarray, instructions: list[str]) -> np.ndarray
             rows.append(np.asarray(policy.act(image, text), np.float64).reshape(-1))
         actions = np.stack(rows)
     if actions.shape[1] < 2 or not np.all(np.isfinite(actions[:, :2])):
-        raise ConfigError("policy", f"returned actions of shape {actions.shape} / non-finite xy; "
-                                    "the probe needs finite (x, y, ...) moves")
+        raise ActionValueError(f"the policy returned actions of shape {actions.shape} / non-finite xy; "
+                               "the probe needs finite (x, y, ...) moves")
     return actions[:, :2]
 
 
 def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "train",
                    families: Sequence[str] | None = None, object_counts: Sequence[int] | None = None,
-                   image_size: int | None = None,
+                   image_size: int | None = None, batch_size: int = 8,
                    env_factory: Callable[[str], Any] | None = None) -> LanguageProbeResult:
     """Ask `policy` on `scenes` first frames with the real and a counterfactual instruction.
 
     Only scenes where the expert's first moves for the two objects differ are kept (otherwise
-    the two asks cannot be told apart). policy: an ActionPolicy (see policies.py).
+    the two asks cannot be told apart). policy: an ActionPolicy (see policies.py). batch_size:
+    asks per `act_batch` call (batched policies; the evaluator's num_envs).
     """
     from rt2edge.sim.experts import expert_action
-    from rt2edge.sim.language import check_families
-
-    if not isinstance(scenes, int) or isinstance(scenes, bool) or scenes < 1:
-        raise ConfigError("scenes", f"must be an integer >= 1, got {scenes!r}")
-    wanted = _probe_families(check_families(families))
-    if not wanted:
-        raise ConfigError("families", "none of them names the object to move (pick_extreme does not); "
-                                      "the probe needs e.g. pick, move_near, put_on, move_to_mat, move_to_flag")
+    check_int("scenes", scenes, 1)
+    check_int("batch_size", batch_size, 1)
+    wanted = probe_families(families)
     if env_factory is not None and object_counts is not None:
         raise ConfigError("object_counts", "set the objects per scene in env_factory's envs, not both")
     if env_factory is None:
@@ -174,6 +183,7 @@ def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "
     if callable(attach):  # a scene-reading policy (the scripted expert) reads this env
         attach(env)
     batched = supports_batch(policy)
+    fallbacks_before = getattr(policy, "safe_fallbacks", None)
     found: list[tuple[str, int, np.ndarray, str, str, np.ndarray, np.ndarray]] = []
     asked: list[np.ndarray] = []  # unbatched policies: (2, 2) moves, asked while the env shows the scene
     for draw in range(scenes * MAX_TRIES_PER_SCENE):
@@ -192,18 +202,20 @@ def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "
             continue
         found.append((family, env_seed, obs["image"].copy(), env.instruction, text, named_move, other_move))
         if not batched:
-            asked.append(_ask(policy, np.stack([obs["image"]] * 2), [env.instruction, text]))
+            asked.append(_ask(policy, np.stack([obs["image"]] * 2), [env.instruction, text], batch_size))
     if not found:
         raise ConfigError("object_counts", f"no scene of {wanted} had a second nameable object in "
                                            f"{scenes * MAX_TRIES_PER_SCENE} draws; use >= 2 objects (>= 3 for "
                                            "move_near / put_on)")
     if batched:
         images = np.stack([f[2] for f in found])
-        moves = np.stack([_ask(policy, images, [f[3] for f in found]),
-                          _ask(policy, images, [f[4] for f in found])], axis=1)
+        moves = np.stack([_ask(policy, images, [f[3] for f in found], batch_size),
+                          _ask(policy, images, [f[4] for f in found], batch_size)], axis=1)
     else:
         moves = np.stack(asked)
     result = LanguageProbeResult(policy=str(getattr(policy, "name", type(policy).__name__)), seed=seed)
+    if fallbacks_before is not None:  # a deploy artifact: its safe actions (zero moves) look language-blind
+        result.safe_fallbacks = int(policy.safe_fallbacks) - int(fallbacks_before)
     for (family, env_seed, _, text, cf, en, eo), (pn, po) in zip(found, moves):
         result.scenes.append(ProbeScene(
             family=family, seed=env_seed, instruction=text, counterfactual=cf,

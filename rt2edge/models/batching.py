@@ -35,7 +35,8 @@ def tokenize_texts(tokenizer, texts: Sequence[str], special_ids: set[int], field
 
 def prompt_ids(prompt: PromptFormat, tokenizer, instructions: Sequence[str], special_ids: set[int],
                field: str = "instruction") -> list[np.ndarray]:
-    """Instructions -> full prompt ids (image tokens, bos, text, suffix), one 1-D array each."""
+    """Instructions -> full prompt ids (`PromptFormat.build_input_ids`: image tokens, bos, text,
+    suffix, or bos, text, image tokens, suffix), one 1-D array each."""
     texts = [prompt.text(i) for i in instructions]  # validates each instruction
     return [prompt.build_input_ids(ids) for ids in tokenize_texts(tokenizer, texts, special_ids, field)]
 

@@ -35,13 +35,13 @@ from typing import Any, Iterator
 
 from rt2edge import __version__
 from rt2edge.actions import ActionStatistics, ActionTokenizer
-from rt2edge.artifact import DECODING_VERSIONS, read_json_file
+from rt2edge.artifact import DECODING_VERSIONS, read_json_file, required_format_version, version_reason
 from rt2edge.errors import ArtifactError
 from rt2edge.observation import ImagePreprocessing, PromptFormat
 
 METADATA_FILE = "rt2edge.json"
 FORMAT = "rt2edge-checkpoint"
-FORMAT_VERSION = 2  # the newest this reader reads; a checkpoint is written with the lowest that fits
+FORMAT_VERSION = 3  # the newest this reader reads; a checkpoint is written with the lowest that fits
 
 
 @dataclass
@@ -60,9 +60,9 @@ class CheckpointMetadata:
         extra = {"decoding_config": self.decoding_config} if self.decoding_config else {}
         return {
             "format": FORMAT,
-            # [Contract] version 1 readers know only autoregressive policies: a parallel checkpoint
-            # says 2, so they refuse it instead of loading it as autoregressive.
-            "format_version": DECODING_VERSIONS[self.decoding],
+            # [Contract] version 1 readers know only autoregressive, image-first policies: a parallel
+            # checkpoint says 2, an instruction-first one 3, so older readers refuse them.
+            "format_version": required_format_version(self.decoding, self.prompt.to_dict()),
             "family": self.family,
             "decoding": self.decoding,
             **extra,
@@ -90,9 +90,10 @@ class CheckpointMetadata:
             decoding = data.get("decoding", "autoregressive")
             if decoding not in DECODING_VERSIONS:
                 raise ValueError(f"decoding must be one of {tuple(DECODING_VERSIONS)}, got {decoding!r}")
-            if version < DECODING_VERSIONS[decoding]:
-                raise ValueError(f"decoding {decoding!r} needs format_version >= "
-                                 f"{DECODING_VERSIONS[decoding]}, got {version}")
+            needed = required_format_version(decoding, data["prompt"])
+            if version < needed:
+                raise ValueError(f"{version_reason(decoding, data['prompt'])} needs format_version >= {needed}, "
+                                 f"got {version}")
             return cls(
                 family=str(data["family"]),
                 action_tokenizer=ActionTokenizer.from_dict(data["action_tokenizer"]),
