@@ -30,6 +30,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from rt2edge.checks import check_known_keys
 from rt2edge.errors import ConfigError
 from rt2edge.registry import Registry
 
@@ -86,10 +87,7 @@ class VLMSize:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VLMSize:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError("size", f"unknown keys {unknown}")
+        check_known_keys(cls, data)
         return cls(**data)
 
 
