@@ -42,6 +42,25 @@ def patch_of(x: float, y: float, grid: int) -> tuple[int, float, float]:
     return row * grid + col, col_f - col - 0.5, row_f - row - 0.5
 
 
+DART_NOISE_M = 0.04  # metres of noise on each executed move: the gripper visits off-expert states
+
+
+def noisy_expert_step(env: TabletopEnv, rng: np.random.Generator) -> dict:
+    """One step of the expert's move plus DART noise (never terminating); the new observation."""
+    action = env.expert_action().astype(np.float64)
+    action[:3] += rng.normal(0.0, DART_NOISE_M, 3)
+    action[7] = 0.0
+    return env.step(action)[0]
+
+
+MIN_STEPS = 3  # OneCycleLR divides by zero when either phase is empty: 2 steps are too few
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int):
+    """OneCycleLR with 5% warm-up, at least 2 steps of it (with fewer, OneCycleLR divides by zero)."""
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=max(0.05, 2 / steps))
+
+
 def make_frames(n: int, image_size: int, grid: int, families, objects, seed: int):
     """Render n frames with dense labels: objects (n, P) class, offsets (n, P, 2),
     gripper (n,) patch, gripper offset (n, 2), gripper high (n,)."""
@@ -69,10 +88,7 @@ def make_frames(n: int, image_size: int, grid: int, families, objects, seed: int
             grip_off[i] = offset
             grip_high[i] = int(ez > START_Z / 2)
             i += 1
-            action = env.expert_action().astype(np.float64)
-            action[:3] += rng.normal(0.0, 0.04, 3)
-            action[7] = 0.0
-            obs, *_ = env.step(action)
+            obs = noisy_expert_step(env, rng)
     return images, obj_cls, obj_off, grip, grip_off, grip_high
 
 
@@ -137,6 +153,8 @@ def main() -> None:
                         help="dataset whose action statistics the saved policy uses")
     parser.add_argument("--save-init", type=Path, default=None)
     args = parser.parse_args()
+    if args.steps < MIN_STEPS:
+        parser.error(f"--steps must be >= {MIN_STEPS} (the one-cycle schedule needs a warm-up and a decay step)")
     if (args.save_init is None) != (args.statistics is None):
         parser.error("--save-init and --statistics go together")
 
@@ -158,9 +176,7 @@ def main() -> None:
     train_rows, val_rows = np.flatnonzero(~val), np.flatnonzero(val)[:1000]
     model = DenseHeads(tower, size.vision_hidden_size)
     optimizer = torch.optim.AdamW(model.parameters(), args.lr)
-    # at least 2 warm-up steps: with fewer, OneCycleLR divides by zero
-    warmup = max(0.05, 2 / args.steps)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=warmup)
+    schedule = one_cycle(optimizer, args.lr, args.steps)
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
     for step in range(1, args.steps + 1):

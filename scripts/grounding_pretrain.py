@@ -35,14 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from dense_vision_pretrain import patch_of  # scripts/ is on sys.path when run as a script
+from dense_vision_pretrain import MIN_STEPS, noisy_expert_step, one_cycle, patch_of  # scripts/ is on sys.path
 from rt2edge.evaluation import VLAPolicyAdapter, probe_language
 from rt2edge.models import VLAPolicy
 from rt2edge.sim import TabletopEnv
-from rt2edge.sim.experts import expert_action
-
-DART_NOISE_M = 0.04  # metres of noise on each executed move: the gripper visits off-expert states
-
 
 class FrameSource:
     """Pre-grasp frames of noisy expert rollouts: (images, instructions, expert actions, patches)."""
@@ -57,17 +53,14 @@ class FrameSource:
         while len(images) < n:
             obs, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
             for _ in range(int(self.rng.integers(0, 6))):  # 0 = the first frame
-                action = self.env.expert_action().astype(np.float64)
-                action[:3] += self.rng.normal(0.0, DART_NOISE_M, 3)
-                action[7] = 0.0
-                obs, *_ = self.env.step(action)
+                obs = noisy_expert_step(self.env, self.rng)
             scene, task = self.env.scene, self.env.task
             if scene.held is not None:  # the pointer is about finding the object, before it is held
                 continue
             target = scene.objects[task.target]
             images.append(obs["image"])
             texts.append(task.instruction)
-            actions.append(expert_action(scene, task, self.env.max_step))
+            actions.append(self.env.expert_action())
             patches.append(patch_of(target.x, target.y, self.grid)[0])
         return np.stack(images), texts, np.stack(actions), torch.tensor(patches)
 
@@ -99,8 +92,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    if args.steps < 2:
-        parser.error("--steps must be >= 2 (the one-cycle schedule needs a warm-up step)")
+    if args.steps < MIN_STEPS:
+        parser.error(f"--steps must be >= {MIN_STEPS} (the one-cycle schedule needs a warm-up and a decay step)")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -122,8 +115,7 @@ def main() -> None:
     source = FrameSource(families, objects, vision.image_size, grid, args.seed)
     params = [p for p in policy.model.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, args.lr, weight_decay=0.01)
-    warmup = max(0.05, 2 / args.steps)  # >= 2 warm-up steps: with fewer, OneCycleLR divides by zero
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=warmup)
+    schedule = one_cycle(optimizer, args.lr, args.steps)
 
     def probe() -> dict:
         policy.eval()

@@ -49,3 +49,14 @@ def test_pointer_logits_read_the_image_tokens_or_the_last_prompt_position(tokeni
         torch.testing.assert_close(logits[1], head(hidden[1, start:start + n_patches]).squeeze(-1))
     else:  # the row that predicts the first action token
         torch.testing.assert_close(logits[2], head(hidden[2, int(batch["action_positions"][2, 0]) - 1]))
+
+
+def test_too_few_steps_for_the_one_cycle_schedule_are_refused_before_loading(monkeypatch, capsys, tmp_path):
+    import grounding_pretrain
+
+    # 2 steps leave OneCycleLR an empty phase (ZeroDivisionError after the model loaded)
+    monkeypatch.setattr(sys, "argv", ["grounding_pretrain.py", "--init", str(tmp_path / "missing"),
+                                      "--out", str(tmp_path / "out"), "--steps", "2"])
+    with pytest.raises(SystemExit) as exit_info:
+        grounding_pretrain.main()
+    assert exit_info.value.code == 2 and "--steps must be >= 3" in capsys.readouterr().err

@@ -28,6 +28,7 @@ import numpy as np
 from rt2edge.checks import check_int
 from rt2edge.errors import ActionValueError, ConfigError
 from rt2edge.evaluation.policies import supports_batch
+from rt2edge.evaluation.rollout import default_env_factory
 
 PROBE_STREAM = 0x1A96  # salts the probe's scene seeds: not the evaluation's, not the data's
 MAX_TRIES_PER_SCENE = 20  # draws per wanted scene before giving up (crowded or 1-object scenes)
@@ -163,22 +164,14 @@ def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "
     asks per `act_batch` call (batched policies; the evaluator's num_envs).
     """
     from rt2edge.sim.experts import expert_action
+
     check_int("scenes", scenes, 1)
     check_int("batch_size", batch_size, 1)
     wanted = probe_families(families)
     if env_factory is not None and object_counts is not None:
         raise ConfigError("object_counts", "set the objects per scene in env_factory's envs, not both")
-    if env_factory is None:
-        from rt2edge.sim import TabletopEnv
-
-        kwargs: dict[str, Any] = {"split": split}
-        if object_counts is not None:  # default: the env's, as in `evaluate`
-            kwargs["object_counts"] = tuple(object_counts)
-        if image_size is not None:
-            kwargs["image_size"] = image_size
-        env = TabletopEnv(**kwargs)
-    else:
-        env = env_factory(split)
+    # default: the env `evaluate` makes (its object counts and image size unless given)
+    env = (env_factory or default_env_factory(image_size, None, object_counts))(split)
     attach = getattr(policy, "attach_env", None)
     if callable(attach):  # a scene-reading policy (the scripted expert) reads this env
         attach(env)

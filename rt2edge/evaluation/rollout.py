@@ -54,8 +54,8 @@ class _Episode:
     frames: list[np.ndarray] | None = field(default=None, repr=False)
 
 
-def _default_env_factory(image_size: int | None, max_steps: int | None,
-                         object_counts: Sequence[int] | None = None) -> Callable[[str], Any]:
+def default_env_factory(image_size: int | None, max_steps: int | None,
+                        object_counts: Sequence[int] | None = None) -> Callable[[str], Any]:
     def make(split: str) -> Any:
         from rt2edge.sim import TabletopEnv  # gymnasium: imported only when an evaluation runs
 
@@ -92,7 +92,7 @@ def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[st
         raise ConfigError("split", "name at least one split")
     if env_factory is not None and object_counts is not None:
         raise ConfigError("object_counts", "set the objects per scene in env_factory's envs, not both")
-    make_env = env_factory or _default_env_factory(image_size, max_steps, object_counts)
+    make_env = env_factory or default_env_factory(image_size, max_steps, object_counts)
     start = time.perf_counter()
     results: list[EpisodeResult] = []
     recorded: tuple[np.ndarray, EpisodeResult] | None = None
