@@ -45,10 +45,10 @@ def patch_of(x: float, y: float, grid: int) -> tuple[int, float, float]:
 DART_NOISE_M = 0.04  # metres of noise on each executed move: the gripper visits off-expert states
 
 
-def noisy_expert_step(env: TabletopEnv, rng: np.random.Generator) -> dict:
+def noisy_expert_step(env: TabletopEnv, rng: np.random.Generator, move_noise: float = DART_NOISE_M) -> dict:
     """One step of the expert's move plus DART noise (never terminating); the new observation."""
     action = env.expert_action().astype(np.float64)
-    action[:3] += rng.normal(0.0, DART_NOISE_M, 3)
+    action[:3] += rng.normal(0.0, move_noise, 3)
     action[7] = 0.0
     return env.step(action)[0]
 

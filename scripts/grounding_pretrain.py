@@ -13,11 +13,17 @@ Where the pointer reads:
          whose prompt puts the instruction first (`PromptFormat.instruction_first`).
   last   the last prompt position (the one that predicts the first action token), 64-way; any layout.
 
-Frames are the pre-grasp steps of short expert rollouts with DART noise (the gripper anywhere, the
-named object not yet held), rendered by the project's own simulator; nothing is downloaded. The
-language probe (`rt2edge eval --language-probe`, seen instructions on scenes it never trained on)
-is the metric. The pointer head is dropped when saving: the
-output is a plain checkpoint for `rt2edge distill finetune --init`.
+Frames are rendered by the project's own simulator (nothing is downloaded): by default the
+pre-grasp steps of short expert rollouts with DART noise (the gripper anywhere, the named object
+not yet held). `--phases all` draws frames from whole noisy episodes, the pointer marking where the
+expert is heading (the object, then its destination: a mat, a flag, the reference object);
+`--offset-weight` adds a regression of that goal's offset from the gripper, in steps, the metric
+distance that the action labels (clipped to one step) carry only on the last step of a move;
+`--dagger F` takes a fraction F of every batch from the policy's own rollouts, labelled by the
+expert (DAgger). The language probe (`rt2edge eval --language-probe`, seen instructions on scenes
+it never trained on) is the metric of grounding; `rt2edge eval` of the output the closed-loop one.
+The heads are dropped when saving: the output is a plain checkpoint (for `rt2edge eval`, `export`,
+or `rt2edge distill finetune --init`).
 
     python scripts/grounding_pretrain.py --init runs/init/dense-pick2 --out runs/init/grounded \\
         --instruction-first --steps 2000 --families pick --objects 2
@@ -30,39 +36,108 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from dense_vision_pretrain import MIN_STEPS, noisy_expert_step, one_cycle, patch_of  # scripts/ is on sys.path
+# scripts/ is on sys.path
+from dense_vision_pretrain import DART_NOISE_M, MIN_STEPS, noisy_expert_step, one_cycle, patch_of
 from rt2edge.evaluation import VLAPolicyAdapter, probe_language
 from rt2edge.models import VLAPolicy
-from rt2edge.sim import TabletopEnv
+from rt2edge.sim import TabletopEnv, expert_goal_xy, is_success
+
+MAX_OFFSET_STEPS = 8.0  # the offset head's label is clipped here: farther goals all read "far"
+
 
 class FrameSource:
-    """Pre-grasp frames of noisy expert rollouts: (images, instructions, expert actions, patches)."""
+    """Labelled frames: images, instructions, expert actions, the patch of where the expert is heading
+    (`expert_goal_xy`) and that goal's offset from the gripper in max-step units.
 
-    def __init__(self, families, objects, image_size: int, grid: int, seed: int):
-        self.env = TabletopEnv(image_size=image_size, families=families, object_counts=objects)
+    phases "pregrasp": 0-5 noisy expert steps into an episode, the named object not yet held (the
+        pointer marks the object); "all": up to `per_episode` frames drawn from a whole noisy expert
+        episode up to its first successful step (the pointer marks the object, then the destination).
+    dagger: the fraction of frames from episodes that `act` (the policy being trained) drives in
+        `dagger_envs` environments at once, labelled by the expert at every state the policy reaches
+        (DAgger): the states a cloned policy drifts into, which no expert rollout visits.
+    """
+
+    def __init__(self, families, objects, image_size: int, grid: int, seed: int, phases: str = "pregrasp",
+                 per_episode: int = 8, act: Callable | None = None, dagger: float = 0.0,
+                 dagger_envs: int = 8, dagger_steps: int = 30, move_noise: float = DART_NOISE_M):
+        if dagger and (act is None or phases != "all"):
+            raise ValueError("dagger frames need a policy to act and phases='all'")
+
+        def make_env() -> TabletopEnv:
+            return TabletopEnv(image_size=image_size, families=families, object_counts=objects)
+        self.env = make_env()
         self.grid = grid
         self.rng = np.random.default_rng(seed)
+        self.phases = phases
+        self.per_episode = per_episode
+        self.move_noise = move_noise
+        self.act, self.dagger, self.dagger_steps = act, dagger, dagger_steps
+        self.policy_envs = [make_env() for _ in range(dagger_envs)] if dagger else []
+        self._policy_frames: list[tuple] = []
+
+    def _frame(self, env: TabletopEnv, obs) -> tuple:
+        scene, task = env.scene, env.task
+        goal = expert_goal_xy(scene, task)
+        offset = np.clip((goal - scene.ee[:2]) / env.max_step, -MAX_OFFSET_STEPS, MAX_OFFSET_STEPS)
+        return (obs["image"], task.instruction, env.expert_action(),
+                patch_of(goal[0], goal[1], self.grid)[0], offset)
+
+    def _sample(self, frames: list[tuple], k: int) -> list[tuple]:
+        keep = self.rng.choice(len(frames), size=min(k, len(frames)), replace=False)
+        return [frames[i] for i in keep]
+
+    def _pregrasp(self) -> list[tuple]:
+        obs, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
+        for _ in range(int(self.rng.integers(0, 6))):  # 0 = the first frame
+            obs = noisy_expert_step(self.env, self.rng, self.move_noise)
+        if self.env.scene.held is not None:  # the pointer is about finding the object, before it is held
+            return []
+        return [self._frame(self.env, obs)]
+
+    def _episode(self) -> list[tuple]:
+        obs, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
+        frames = [self._frame(self.env, obs)]
+        while not is_success(self.env.scene, self.env.task) and len(frames) < self.env.max_steps:
+            obs = noisy_expert_step(self.env, self.rng, self.move_noise)
+            frames.append(self._frame(self.env, obs))
+        return self._sample(frames, self.per_episode)
+
+    def _policy_episodes(self) -> list[tuple]:
+        """One batched rollout of the policy in every DAgger env, `2 * per_episode` frames from each."""
+        envs = self.policy_envs
+        obs = [env.reset(seed=int(self.rng.integers(2**31)))[0] for env in envs]
+        frames: list[list[tuple]] = [[] for _ in envs]
+        live = list(range(len(envs)))
+        for _ in range(self.dagger_steps):
+            for i in live:
+                frames[i].append(self._frame(envs[i], obs[i]))
+            live = [i for i in live if not is_success(envs[i].scene, envs[i].task)]
+            if not live:
+                break
+            actions = self.act(np.stack([obs[i]["image"] for i in live]), [envs[i].task.instruction for i in live])
+            for i, action in zip(live, np.asarray(actions, dtype=np.float64)):
+                action = action.copy()
+                action[7] = 0.0  # label on until success or the step cap, whatever the policy thinks
+                obs[i] = envs[i].step(action)[0]
+        return [f for episode in frames for f in self._sample(episode, 2 * self.per_episode)]
 
     def batch(self, n: int):
-        images, texts, actions, patches = [], [], [], []
-        while len(images) < n:
-            obs, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
-            for _ in range(int(self.rng.integers(0, 6))):  # 0 = the first frame
-                obs = noisy_expert_step(self.env, self.rng)
-            scene, task = self.env.scene, self.env.task
-            if scene.held is not None:  # the pointer is about finding the object, before it is held
-                continue
-            target = scene.objects[task.target]
-            images.append(obs["image"])
-            texts.append(task.instruction)
-            actions.append(self.env.expert_action())
-            patches.append(patch_of(target.x, target.y, self.grid)[0])
-        return np.stack(images), texts, np.stack(actions), torch.tensor(patches)
+        n_policy = int(self.rng.binomial(n, self.dagger)) if self.dagger else 0
+        while len(self._policy_frames) < n_policy:
+            self._policy_frames += self._policy_episodes()
+            self.rng.shuffle(self._policy_frames)
+        frames, self._policy_frames = self._policy_frames[:n_policy], self._policy_frames[n_policy:]
+        while len(frames) < n:
+            frames += self._pregrasp() if self.phases == "pregrasp" else self._episode()
+        images, texts, actions, patches, offsets = zip(*frames[:n])
+        return (np.stack(images), list(texts), np.stack(actions), torch.tensor(patches),
+                torch.tensor(np.stack(offsets), dtype=torch.float32))
 
 
 def pointer_logits(policy: VLAPolicy, batch: dict, hidden: torch.Tensor, head: nn.Module, at: str) -> torch.Tensor:
@@ -74,6 +149,12 @@ def pointer_logits(policy: VLAPolicy, batch: dict, hidden: torch.Tensor, head: n
     return head(hidden[is_image].view(hidden.shape[0], -1, hidden.shape[-1])).squeeze(-1)
 
 
+def goal_offset(batch: dict, hidden: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    """(B, 2) predicted goal - gripper offset, read where the first action token is predicted."""
+    rows = torch.arange(hidden.shape[0])
+    return head(hidden[rows, batch["action_positions"][:, 0] - 1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", type=Path, required=True, help="a policy checkpoint (e.g. a dense-pretrained init)")
@@ -83,6 +164,17 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--pointer-weight", type=float, default=1.0)
     parser.add_argument("--pointer-at", choices=("image", "last"), default="image")
+    parser.add_argument("--offset-weight", type=float, default=0.0,
+                        help="weight of a regression of the goal's offset from the gripper (in steps, unclipped "
+                             "up to 8): the metric distance the one-step-clipped action labels do not carry")
+    parser.add_argument("--phases", choices=("pregrasp", "all"), default="pregrasp",
+                        help="pregrasp: the first 0-5 steps, object not held; all: frames of whole episodes")
+    parser.add_argument("--dagger", type=float, default=0.0,
+                        help="fraction of each batch from the policy's own rollouts, labelled by the expert "
+                             "(DAgger; needs --phases all)")
+    parser.add_argument("--move-noise", type=float, default=DART_NOISE_M,
+                        help="metres of N(0, M) noise on every executed expert move (DART)")
+    parser.add_argument("--dagger-envs", type=int, default=8, help="environments the policy drives at once")
     parser.add_argument("--instruction-first", action="store_true",
                         help="switch the policy's prompt to the instruction before the image (kept when saved)")
     parser.add_argument("--families", default=None, help="comma-separated (default: all)")
@@ -92,6 +184,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if not 0.0 <= args.dagger <= 1.0:
+        parser.error(f"--dagger must be a fraction in [0, 1], got {args.dagger}")
+    for name in ("offset_weight", "pointer_weight", "move_noise"):
+        if not getattr(args, name) >= 0.0:  # also refuses nan
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.dagger_envs < 1:
+        parser.error(f"--dagger-envs must be >= 1, got {args.dagger_envs}")
+    if args.dagger and args.phases != "all":
+        parser.error("--dagger needs --phases all (the policy's rollouts cover whole episodes)")
     if args.steps < MIN_STEPS:
         parser.error(f"--steps must be >= {MIN_STEPS} (the one-cycle schedule needs a warm-up and a decay step)")
     if args.threads:
@@ -110,10 +211,14 @@ def main() -> None:
                      f"for {grid} x {grid} patches")
     hidden = policy.model.config.text_config.hidden_size
     head = nn.Linear(hidden, grid * grid if args.pointer_at == "last" else 1)
+    offset_head = nn.Linear(hidden, 2)
     families = None if args.families is None else tuple(args.families.split(","))
     objects = tuple(int(o) for o in args.objects.split(","))
-    source = FrameSource(families, objects, vision.image_size, grid, args.seed)
-    params = [p for p in policy.model.parameters() if p.requires_grad] + list(head.parameters())
+    source = FrameSource(families, objects, vision.image_size, grid, args.seed, phases=args.phases,
+                         act=VLAPolicyAdapter(policy).act_batch, dagger=args.dagger, dagger_envs=args.dagger_envs,
+                         move_noise=args.move_noise)
+    params = ([p for p in policy.model.parameters() if p.requires_grad] + list(head.parameters())
+              + list(offset_head.parameters()))
     optimizer = torch.optim.AdamW(params, args.lr, weight_decay=0.01)
     schedule = one_cycle(optimizer, args.lr, args.steps)
 
@@ -129,24 +234,28 @@ def main() -> None:
     policy.train()
     start, window = time.perf_counter(), []
     for step in range(1, args.steps + 1):
-        images, texts, actions, patches = source.batch(args.batch_size)
+        images, texts, actions, patches, offsets = source.batch(args.batch_size)
         batch = policy.build_training_batch(images, texts, actions)
         out = policy.model(**policy.model_inputs(batch), use_cache=False, output_hidden_states=True)
         logits = pointer_logits(policy, batch, out.hidden_states[-1], head, args.pointer_at)
         pointer = nn.functional.cross_entropy(logits, patches)
-        loss = out.loss + args.pointer_weight * pointer
+        # Huber in step units: a goal 8 steps away should not outweigh the last step's precision
+        offset = nn.functional.smooth_l1_loss(goal_offset(batch, out.hidden_states[-1], offset_head), offsets)
+        loss = out.loss + args.pointer_weight * pointer + args.offset_weight * offset
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        window.append((out.loss.item(), pointer.item(), float((logits.argmax(-1) == patches).float().mean())))
+        window.append((out.loss.item(), pointer.item(), float((logits.argmax(-1) == patches).float().mean()),
+                       offset.item()))
         if step % args.eval_every == 0 or step == args.steps:
-            action_loss, pointer_loss, pointer_acc = np.mean(window, axis=0)
+            action_loss, pointer_loss, pointer_acc, offset_loss = np.mean(window, axis=0)
             window = []
-            print(json.dumps({"step": step, "action_loss": round(action_loss, 4), "pointer_loss": round(pointer_loss, 4),
-                              "pointer_accuracy": round(pointer_acc, 3), **probe(),
-                              "elapsed_s": round(time.perf_counter() - start, 1)}), flush=True)
+            print(json.dumps({"step": step, "action_loss": round(action_loss, 4),
+                              "pointer_loss": round(pointer_loss, 4), "pointer_accuracy": round(pointer_acc, 3),
+                              "offset_loss": round(offset_loss, 4),
+                              **probe(), "elapsed_s": round(time.perf_counter() - start, 1)}), flush=True)
     policy.save_pretrained(args.out)
     print(json.dumps({"saved": str(args.out)}))
 

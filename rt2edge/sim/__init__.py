@@ -13,7 +13,7 @@ policies lives in rt2edge.evaluation.
 from __future__ import annotations
 
 from rt2edge.sim.env import ACTION_NAMES, TabletopEnv
-from rt2edge.sim.experts import ScriptedExpert, expert_action
+from rt2edge.sim.experts import ScriptedExpert, expert_action, expert_goal_xy
 from rt2edge.sim.language import FAMILIES, HELDOUT_COMBOS, SPLITS, check_split, instructions_of
 from rt2edge.sim.questions import Question, question_corpus, scene_questions
 from rt2edge.sim.render import Renderer
@@ -34,6 +34,6 @@ def instruction_corpus(split: str = "train", include_vqa: bool = True) -> list[s
 
 __all__ = [
     "ACTION_NAMES", "FAMILIES", "HELDOUT_COMBOS", "SPLITS", "STATE_NAMES", "Question", "Renderer",
-    "Scene", "ScriptedExpert", "TabletopEnv", "Task", "TaskSampler", "expert_action",
+    "Scene", "ScriptedExpert", "TabletopEnv", "Task", "TaskSampler", "expert_action", "expert_goal_xy",
     "instruction_corpus", "is_success", "question_corpus", "scene_questions",
 ]

@@ -92,6 +92,19 @@ def _move(scene: Scene, goal: np.ndarray, gripper: float, max_step: float) -> np
     return _action(_grid_step(goal - scene.ee, max_step), gripper)
 
 
+def expert_goal_xy(scene: Scene, task: Task) -> np.ndarray:
+    """Where on the table the expert is heading now (x, y): the named object until it is held,
+    then its destination; the gripper's own xy where the move is vertical or a release (a `pick`
+    lift, putting a wrong object down). The label of the grounding pre-training's pointer."""
+    if scene.held is None:
+        target = scene.objects[task.target]
+        return np.array([target.x, target.y])
+    destination = DESTINATIONS[task.family]
+    if scene.held != task.target or destination is None:
+        return scene.ee[:2].copy()
+    return destination(scene, task)
+
+
 def expert_action(scene: Scene, task: Task, max_step: float = MAX_STEP) -> np.ndarray:
     """The expert's RT-2 action (float32, shape (8,)) for the current scene."""
     destination = DESTINATIONS[task.family]
@@ -102,7 +115,7 @@ def expert_action(scene: Scene, task: Task, max_step: float = MAX_STEP) -> np.nd
     if holding_target:
         if destination is None:  # pick: lift straight up
             return _move(scene, np.array([*scene.ee[:2], CARRY_Z]), CLOSE, max_step)
-        goal_xy = destination(scene, task)
+        goal_xy = expert_goal_xy(scene, task)
         if _arrived(scene, goal_xy, max_step):
             return _action(np.zeros(3), OPEN)  # drop it from carry height onto the destination
         return _move(scene, np.array([*goal_xy, CARRY_Z]), CLOSE, max_step)
