@@ -28,7 +28,7 @@ import numpy as np
 from rt2edge.checks import check_int
 from rt2edge.errors import ActionValueError, ConfigError
 from rt2edge.evaluation.policies import supports_batch
-from rt2edge.evaluation.rollout import default_env_factory
+from rt2edge.evaluation.rollout import resolve_env_factory
 
 PROBE_STREAM = 0x1A96  # salts the probe's scene seeds: not the evaluation's, not the data's
 MAX_TRIES_PER_SCENE = 20  # draws per wanted scene before giving up (crowded or 1-object scenes)
@@ -168,10 +168,8 @@ def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "
     check_int("scenes", scenes, 1)
     check_int("batch_size", batch_size, 1)
     wanted = probe_families(families)
-    if env_factory is not None and object_counts is not None:
-        raise ConfigError("object_counts", "set the objects per scene in env_factory's envs, not both")
     # default: the env `evaluate` makes (its object counts and image size unless given)
-    env = (env_factory or default_env_factory(image_size, None, object_counts))(split)
+    env = resolve_env_factory(env_factory, image_size, None, object_counts)(split)
     attach = getattr(policy, "attach_env", None)
     if callable(attach):  # a scene-reading policy (the scripted expert) reads this env
         attach(env)

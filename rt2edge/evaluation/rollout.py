@@ -71,6 +71,15 @@ def default_env_factory(image_size: int | None, max_steps: int | None,
     return make
 
 
+def resolve_env_factory(env_factory: Callable[[str], Any] | None, image_size: int | None,
+                        max_steps: int | None, object_counts: Sequence[int] | None) -> Callable[[str], Any]:
+    """The caller's env_factory, or the default TabletopEnv one; objects per scene come from one of
+    the two, never both (a custom factory's envs would silently ignore `object_counts`)."""
+    if env_factory is not None and object_counts is not None:
+        raise ConfigError("object_counts", "set the objects per scene in env_factory's envs, not both")
+    return env_factory or default_env_factory(image_size, max_steps, object_counts)
+
+
 def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[str] = SPLITS,
              families: Sequence[str] | None = None, num_envs: int = 8, max_steps: int | None = None,
              image_size: int | None = None, record: bool = True,
@@ -90,9 +99,7 @@ def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[st
         raise ConfigError("num_envs", f"must be >= 1, got {num_envs}")
     if not splits:
         raise ConfigError("split", "name at least one split")
-    if env_factory is not None and object_counts is not None:
-        raise ConfigError("object_counts", "set the objects per scene in env_factory's envs, not both")
-    make_env = env_factory or default_env_factory(image_size, max_steps, object_counts)
+    make_env = resolve_env_factory(env_factory, image_size, max_steps, object_counts)
     start = time.perf_counter()
     results: list[EpisodeResult] = []
     recorded: tuple[np.ndarray, EpisodeResult] | None = None
