@@ -107,21 +107,19 @@ def expert_goal_xy(scene: Scene, task: Task) -> np.ndarray:
 
 def expert_action(scene: Scene, task: Task, max_step: float = MAX_STEP) -> np.ndarray:
     """The expert's RT-2 action (float32, shape (8,)) for the current scene."""
-    destination = DESTINATIONS[task.family]
-    target = scene.objects[task.target]
     holding_target = scene.held == task.target
     if is_success(scene, task):
         return _action(np.zeros(3), CLOSE if holding_target else OPEN, terminate=True)
+    goal_xy = expert_goal_xy(scene, task)  # the one rule for where the expert heads
     if holding_target:
-        if destination is None:  # pick: lift straight up
-            return _move(scene, np.array([*scene.ee[:2], CARRY_Z]), CLOSE, max_step)
-        goal_xy = expert_goal_xy(scene, task)
+        if DESTINATIONS[task.family] is None:  # pick: lift straight up (the goal is the gripper's xy)
+            return _move(scene, np.array([*goal_xy, CARRY_Z]), CLOSE, max_step)
         if _arrived(scene, goal_xy, max_step):
             return _action(np.zeros(3), OPEN)  # drop it from carry height onto the destination
         return _move(scene, np.array([*goal_xy, CARRY_Z]), CLOSE, max_step)
     if scene.held is not None:  # holding the wrong object (a perturbed run): put it down
         return _action(np.zeros(3), OPEN)
-    grasp = np.array([target.x, target.y, target.z + GRASP_Z])
+    grasp = np.array([*goal_xy, scene.objects[task.target].z + GRASP_Z])
     if _arrived(scene, grasp, max_step):
         return _action(np.zeros(3), CLOSE)
     # Opening on the way covers a gripper that closed on nothing.
