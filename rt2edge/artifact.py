@@ -55,6 +55,8 @@ def version_reason(decoding: str, prompt_config: Mapping[str, Any]) -> str:
     if DECODING_VERSIONS[decoding] >= required_format_version(decoding, prompt_config):
         return f"'decoding' {decoding!r}"
     return "'prompt.instruction_first'"
+
+
 MANIFEST_FILE = "manifest.json"
 GRAPH_NAMES = ("vision", "embed", "decoder")
 # What the graphs are for: "onnxruntime" graphs may hold ONNX Runtime contrib ops (com.microsoft),

@@ -140,19 +140,17 @@ class FrameSource:
                 torch.tensor(np.stack(offsets), dtype=torch.float32))
 
 
+def last_prompt_state(batch: dict, hidden: torch.Tensor) -> torch.Tensor:
+    """(B, D) the decoder state at the position that predicts the first action token."""
+    return hidden[torch.arange(hidden.shape[0]), batch["action_positions"][:, 0] - 1]
+
+
 def pointer_logits(policy: VLAPolicy, batch: dict, hidden: torch.Tensor, head: nn.Module, at: str) -> torch.Tensor:
     """(B, patches) pointer logits from the decoder's last hidden state."""
-    if at == "last":  # the position that predicts the first action token
-        rows = torch.arange(hidden.shape[0])
-        return head(hidden[rows, batch["action_positions"][:, 0] - 1])
+    if at == "last":
+        return head(last_prompt_state(batch, hidden))
     is_image = batch["input_ids"] == policy.prompt.image_token_id
     return head(hidden[is_image].view(hidden.shape[0], -1, hidden.shape[-1])).squeeze(-1)
-
-
-def goal_offset(batch: dict, hidden: torch.Tensor, head: nn.Module) -> torch.Tensor:
-    """(B, 2) predicted goal - gripper offset, read where the first action token is predicted."""
-    rows = torch.arange(hidden.shape[0])
-    return head(hidden[rows, batch["action_positions"][:, 0] - 1])
 
 
 def main() -> None:
@@ -240,7 +238,7 @@ def main() -> None:
         logits = pointer_logits(policy, batch, out.hidden_states[-1], head, args.pointer_at)
         pointer = nn.functional.cross_entropy(logits, patches)
         # Huber in step units: a goal 8 steps away should not outweigh the last step's precision
-        offset = nn.functional.smooth_l1_loss(goal_offset(batch, out.hidden_states[-1], offset_head), offsets)
+        offset = nn.functional.smooth_l1_loss(offset_head(last_prompt_state(batch, out.hidden_states[-1])), offsets)
         loss = out.loss + args.pointer_weight * pointer + args.offset_weight * offset
         optimizer.zero_grad()
         loss.backward()

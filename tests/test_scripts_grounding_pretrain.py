@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from grounding_pretrain import MAX_OFFSET_STEPS, FrameSource, goal_offset, pointer_logits  # noqa: E402
+from grounding_pretrain import MAX_OFFSET_STEPS, FrameSource, last_prompt_state, pointer_logits  # noqa: E402
 
 from rt2edge.sim.render import TABLE_RGB  # noqa: E402
 from rt2edge.sim.world import COLOURS  # noqa: E402
@@ -101,9 +101,9 @@ def test_pointer_logits_read_the_image_tokens_or_the_last_prompt_position(tokeni
         torch.testing.assert_close(logits[1], head(hidden[1, start:start + n_patches]).squeeze(-1))
     else:  # the row that predicts the first action token
         torch.testing.assert_close(logits[2], head(hidden[2, int(batch["action_positions"][2, 0]) - 1]))
-    offset_head = torch.nn.Linear(width, 2)  # the goal offset reads the same row as the "last" pointer
-    torch.testing.assert_close(goal_offset(batch, hidden, offset_head)[0],
-                               offset_head(hidden[0, int(batch["action_positions"][0, 0]) - 1]))
+    # the goal-offset head reads the same row as the "last" pointer
+    torch.testing.assert_close(last_prompt_state(batch, hidden)[0],
+                               hidden[0, int(batch["action_positions"][0, 0]) - 1])
 
 
 @pytest.mark.parametrize("args, message", [
