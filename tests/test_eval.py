@@ -197,7 +197,7 @@ def test_rt2edge_eval_command(tiny_checkpoint, tmp_path):
 
     args = ["eval", str(tiny_checkpoint), "--episodes", "2", "--seed", "1", "--split", "heldout",
             "--max-steps", "3", "--gif", str(tmp_path / "roll.png"), "--json", str(tmp_path / "r.json"),
-            "--language-probe", "3"]
+            "--language-probe", "3", "--expert-agreement", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "heldout success" in result.output and "language probe (3 seen-instruction scenes)" in result.output
@@ -205,6 +205,10 @@ def test_rt2edge_eval_command(tiny_checkpoint, tmp_path):
     assert data["splits"]["heldout"]["overall"]["episodes"] == 2 and data["max_steps"] == 3
     probe = data["language_probe"]
     assert probe["scenes"] == 3 and 0.0 <= probe["follows"] <= 1.0 and len(probe["scene_records"]) == 3
+    assert "expert-driven states" in result.output
+    agreement = data["expert_agreement"]
+    assert agreement["episodes"] == 2 and agreement["split"] == "train"  # seen instructions, whatever --split
+    assert agreement["agreement"]["policy"]["all"]["steps"] <= 2 * 3  # --max-steps holds here too
     assert (tmp_path / "roll.png").stat().st_size > 0
     bad = CliRunner().invoke(app, ["eval", str(tiny_checkpoint), "--split", "test"])
     assert bad.exit_code == 2

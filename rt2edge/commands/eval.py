@@ -39,10 +39,15 @@ def register(app: typer.Typer) -> None:
                                                 "instructions, whatever --split) with the real instruction "
                                                 "and one naming another object: does it follow the "
                                                 "instruction? (0: skip)"),
+        agreement: int = typer.Option(0, "--expert-agreement", min=0,
+                                      help="Also run this many scenes (seen instructions, --families, "
+                                           "--objects) driven by the scripted expert and by the policy, "
+                                           "and report per task phase how often the policy's action is the "
+                                           "expert's on each: compounding errors show as a gap. (0: skip)"),
     ) -> None:
         """Run a policy in TabletopEnv; print success per task family for seen and held-out instructions."""
         from rt2edge.errors import ConfigError
-        from rt2edge.evaluation import evaluate, load_policy, probe_language, save_rollout
+        from rt2edge.evaluation import evaluate, expert_agreement, load_policy, probe_language, save_rollout
         from rt2edge.evaluation.language_probe import probe_families
 
         if split not in SPLIT_CHOICES:
@@ -65,6 +70,10 @@ def register(app: typer.Typer) -> None:
                     result.language_probe = probe_language(policy, scenes=language_probe, seed=seed,
                                                            families=family_list, object_counts=counts,
                                                            batch_size=num_envs)
+                if agreement:
+                    result.expert_agreement = expert_agreement(
+                        policy, episodes=agreement, seed=seed, families=family_list, num_envs=num_envs,
+                        max_steps=max_steps, object_counts=counts)
             except ConfigError as exc:
                 raise bad_option(exc, {"object_counts": "objects"}) from exc
         typer.echo(result.format_table())

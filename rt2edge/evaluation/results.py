@@ -58,6 +58,9 @@ class EvaluationResult:
     rollout_episode: EpisodeResult | None = None
     # Optional: the counterfactual-instruction probe (language_probe.LanguageProbeResult) of the policy.
     language_probe: Any = None
+    # Optional: action agreement with the expert on its states and the policy's own
+    # (expert_agreement.ExpertAgreementResult).
+    expert_agreement: Any = None
 
     @property
     def splits(self) -> list[str]:
@@ -85,6 +88,7 @@ class EvaluationResult:
                        for s in self.splits},
             "episodes": [asdict(e) for e in self.episodes],
             **({} if self.language_probe is None else {"language_probe": self.language_probe.to_dict()}),
+            **({} if self.expert_agreement is None else {"expert_agreement": self.expert_agreement.to_dict()}),
         }
 
     def save_json(self, path: str | Path) -> Path:
@@ -115,5 +119,7 @@ class EvaluationResult:
             lines.append(f"safe-fallback actions: {self.safe_fallbacks}")
         if self.language_probe is not None:
             lines.append(self.language_probe.format_line())
+        if self.expert_agreement is not None:
+            lines.append(self.expert_agreement.format_table())
         lines.append(f"wall time {self.wall_s:.1f} s")
         return "\n".join(lines)

@@ -105,15 +105,10 @@ def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[st
     recorded: tuple[np.ndarray, EpisodeResult] | None = None
     env_max_steps = 0
     for split_index, split in enumerate(splits):
-        probe = make_env(split)
-        env_max_steps = int(probe.max_steps)
-        split_families = list(families) if families is not None else list(probe.sampler.families)
-        plan = deque(_Episode(i, split_families[i % len(split_families)], episode_seed(seed, split, i))
-                     for i in range(episodes))
-        width = min(num_envs, episodes) if supports_batch(policy) else 1
-        envs = [probe] + [make_env(split) for _ in range(width - 1)]
+        envs = split_envs(policy, make_env, split, episodes, num_envs)
+        env_max_steps = int(envs[0].max_steps)
         want_frames = record and split_index == 0
-        for episode, frames in _run(policy, envs, plan, want_frames):
+        for episode, frames in run_episodes(policy, envs, split, episodes, seed, families, want_frames):
             result = EpisodeResult(
                 split=split, index=episode.index, family=episode.family, instruction=episode.instruction,
                 seed=episode.seed, success=episode.success, reached=episode.reached,
@@ -133,7 +128,31 @@ def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[st
         rollout_episode=None if recorded is None else recorded[1])
 
 
-def _run(policy: Any, envs: list[Any], plan: deque, want_frames: bool):
+def split_envs(policy: Any, make_env: Callable[[str], Any], split: str, episodes: int,
+               num_envs: int) -> list[Any]:
+    """The envs one split's episodes run in: `num_envs` for a batched policy, else one."""
+    width = min(num_envs, episodes) if supports_batch(policy) else 1
+    return [make_env(split) for _ in range(width)]
+
+
+def run_episodes(policy: Any, envs: list[Any], split: str, episodes: int, seed: int,
+                 families: Sequence[str] | None, want_frames: bool = False,
+                 execute: Callable[[Any, np.ndarray], np.ndarray] | None = None):
+    """Run episodes 0..episodes-1 of `split` (families round-robin, scenes from `episode_seed`)
+    in `envs`; yield (episode, frames or None) as they end, in finishing order.
+
+    execute(env, policy_action) -> the action the env is stepped with, called before every step
+    (default: the policy's own): the expert-agreement diagnosis drives the env with the expert
+    while it asks the policy, and reads the expert's action on the policy's own states.
+    """
+    split_families = list(families) if families is not None else list(envs[0].sampler.families)
+    plan = deque(_Episode(i, split_families[i % len(split_families)], episode_seed(seed, split, i))
+                 for i in range(episodes))
+    yield from _run(policy, envs, plan, want_frames, execute)
+
+
+def _run(policy: Any, envs: list[Any], plan: deque, want_frames: bool,
+         execute: Callable[[Any, np.ndarray], np.ndarray] | None = None):
     """Step every env until the plan is exhausted; yield (episode, frames or None) as they end."""
     active: list[_Episode | None] = [None] * len(envs)
     attach = getattr(policy, "attach_env", None)
@@ -166,6 +185,8 @@ def _run(policy: Any, envs: list[Any], plan: deque, want_frames: bool):
             space = env.action_space
             outside = (action < space.low - _BOUND_TOL) | (action > space.high + _BOUND_TOL)
             ep.out_of_bounds += int(outside.any())
+            if execute is not None:
+                action = _check(execute(env, action))
             # The env clips deltas itself; clipping here too keeps a policy's out-of-range
             # gripper/terminate values from being read differently by different envs.
             obs, _, terminated, truncated, info = env.step(np.clip(action, space.low, space.high))
