@@ -51,6 +51,27 @@ def test_expert_recovers_from_a_wrong_grasp():
     assert terminated and info["success"]
 
 
+def test_expert_reopens_a_gripper_that_arrived_closed_on_nothing():
+    """Closed on the way and carried closed to the grasp pose (gripper DART noise can do that): a
+    close command would change nothing there, so the expert opens, then closes on the object."""
+    import numpy as np
+
+    env = TabletopEnv(families=["pick"], object_counts=(2,))
+    env.reset(seed=4)
+    env.step(np.array([0, 0, 0, 0, 0, 0, 1, 0]))  # close on nothing at the start
+    for _ in range(20):  # the expert's moves, executed with the gripper kept closed
+        action = env.expert_action()
+        if not action[:3].any():
+            break
+        env.step(np.concatenate([action[:6], [1.0, 0.0]]))
+    assert env.scene.gripper_closed and env.scene.held is None
+    assert env.expert_action()[6] < 0  # open first
+    for _ in range(10):
+        _, _, terminated, _, info = env.step(env.expert_action())
+        if terminated:
+            break
+    assert terminated and info["success"]
+
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_expert_moves_on_the_half_step_grid(family):

@@ -121,7 +121,8 @@ def expert_action(scene: Scene, task: Task, max_step: float = MAX_STEP) -> np.nd
         return _action(np.zeros(3), OPEN)
     grasp = np.array([*goal_xy, scene.objects[task.target].z + GRASP_Z])
     if _arrived(scene, grasp, max_step):
-        return _action(np.zeros(3), CLOSE)
+        # Closed on nothing on the way here: a close command would change nothing, so open first.
+        return _action(np.zeros(3), OPEN if scene.gripper_closed else CLOSE)
     # Opening on the way covers a gripper that closed on nothing.
     return _move(scene, grasp, OPEN, max_step)
 
