@@ -136,6 +136,8 @@ def test_resume_with_another_recipe_is_refused(dataset, tmp_path):
     ({"episodes": 0}, "episodes"), ({"seed": -1}, "seed"), ({"image_size": 8}, "image_size"),
     ({"split": "val"}, "split"), ({"families": ("fly",)}, "families"),
     ({"action_noise": -0.1}, "action_noise"), ({"move_noise": 0.5}, "move_noise"),
+    ({"gripper_noise": 0.6}, "gripper_noise"), ({"gripper_noise": -0.01}, "gripper_noise"),
+    ({"start_anywhere": -0.1}, "start_anywhere"),
     ({"max_attempts": 0}, "max_attempts"),
 ])
 def test_bad_config_names_the_field(kwargs, field, tmp_path):
@@ -164,6 +166,26 @@ def test_move_noise_shows_recoveries_with_expert_labels(tmp_path):
     scaled, shifted = y_labels(action_noise=0.3), y_labels(action_noise=0.3, move_noise=0.04)
     assert np.mean(shifted < 0) > np.mean(scaled < 0) + 0.05  # the gripper overshoots and returns
     assert np.allclose(shifted / 0.05, np.round(shifted / 0.05), atol=1e-4)  # still grid labels
+
+
+def test_gripper_noise_shows_the_experts_recovery_from_a_close_on_nothing(tmp_path):
+    """A flipped gripper command closes on nothing (or drops the object); the next frame shows it
+    closed and empty, labelled with the expert's recovery: open, and move on to the object."""
+    def frames(**noise):
+        root = tmp_path / "-".join(f"{k}{v}" for k, v in noise.items())
+        generate(GenerateConfig(out=str(root), episodes=12, seed=4, families=("put_on",), **noise))
+        ds = EpisodeDataset(root)
+        closed_empty = (ds.states[:, 3] > 0.5) & (ds.states[:, 4] < 0.5)
+        return ds, closed_empty
+
+    clean, clean_closed_empty = frames()
+    assert not clean_closed_empty.any()  # the clean expert closes only on the object, which it then holds
+    noisy, closed_empty = frames(gripper_noise=0.2)
+    assert closed_empty.sum() >= 3
+    recovery = noisy.actions[closed_empty]
+    assert np.all(recovery[:, 6] < 0)  # the expert's label: open
+    assert np.any(np.abs(recovery[:, :2]).sum(axis=1) > 0)  # ... while moving on to the object
+    assert set(np.unique(noisy.actions[:, 6])) <= {-1.0, 1.0}  # labels stay the expert's commands
 
 
 def test_datasets_from_before_move_noise_resume(tmp_path):

@@ -111,6 +111,7 @@ def test_nan_error_names_the_dim():
     ({"image_size": 4}, "image_size"), ({"max_step": 0}, "max_step"),
     ({"max_steps": 0}, "max_steps"), ({"supersample": 5}, "supersample"),
     ({"object_counts": (1,)}, "object_counts"), ({"object_counts": ("many",)}, "object_counts"),
+    ({"start_anywhere": 1.5}, "start_anywhere"), ({"start_anywhere": "often"}, "start_anywhere"),
 ])
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ConfigError) as exc:
@@ -132,3 +133,21 @@ def test_object_counts(counts):
     for seed in range(3):
         env.reset(seed=seed)
         assert len(env.scene.objects) == counts[0]
+
+
+def test_start_anywhere_spreads_the_gripper_start_and_the_default_keeps_the_scenes():
+    base, default = TabletopEnv(families=["pick"]), TabletopEnv(families=["pick"], start_anywhere=0.0)
+    spread = TabletopEnv(families=["pick"], start_anywhere=1.0)
+    starts = []
+    for seed in range(40):
+        base.reset(seed=seed)
+        default.reset(seed=seed)
+        assert np.array_equal(base.render(), default.render())  # 0 draws nothing: same scenes as before
+        assert base.scene.ee[1] <= -0.32  # near the robot's base, at the bottom of the image
+        spread.reset(seed=seed)
+        starts.append(spread.scene.ee.copy())
+        ex, ey = spread.scene.ee[:2]  # the start stays clear of every object, as at the base
+        assert all(np.hypot(o.x - ex, o.y - ey) > 0.12 for o in spread.scene.objects)
+    starts = np.array(starts)
+    assert np.mean(starts[:, 1] > 0) > 0.25 and np.abs(starts[:, :2]).max() <= 0.38
+    assert np.allclose(starts[:, 2], starts[0, 2])  # at travel height

@@ -33,6 +33,12 @@ def register(app: typer.Typer) -> None:
                                            help="DART noise on executed moves (relative std)."),
         move_noise: float = typer.Option(0.0, "--move-noise",
                                          help="DART noise on executed moves (additive std, metres)."),
+        gripper_noise: float = typer.Option(0.0, "--gripper-noise",
+                                            help="DART noise on the gripper: probability per step that the "
+                                                 "executed command is flipped (labels stay the expert's)."),
+        start_anywhere: float = typer.Option(0.0, "--start-anywhere",
+                                             help="Probability that an episode's gripper starts over a random "
+                                                  "point of the table instead of near the robot's base."),
         max_steps: int = typer.Option(60, "--max-steps"),
     ) -> None:
         """Run the scripted expert and write successful episodes as a LeRobot dataset."""
@@ -43,7 +49,8 @@ def register(app: typer.Typer) -> None:
                 out=str(out), episodes=episodes, seed=seed, image_size=image_size, split=split,
                 families=None if families is None else tuple(f.strip() for f in families.split(",")),
                 object_counts=tuple(int_list(objects, "object_counts")),
-                action_noise=action_noise, move_noise=move_noise, max_steps=max_steps,
+                action_noise=action_noise, move_noise=move_noise, gripper_noise=gripper_noise,
+                start_anywhere=start_anywhere, max_steps=max_steps,
             )
 
             def progress(done: int, total: int) -> None:

@@ -24,12 +24,13 @@ from rt2edge.data.lerobot import DATA_PATH, IMAGE_KEY, DatasetError
 from rt2edge.errors import ConfigError
 from rt2edge.sim import ACTION_NAMES, STATE_NAMES, TabletopEnv
 from rt2edge.sim.language import check_families, check_split
-from rt2edge.sim.tasks import OBJECT_COUNTS, check_object_counts
+from rt2edge.sim.tasks import OBJECT_COUNTS, check_object_counts, check_start_anywhere
 
 GENERATION_FILE = "meta/generation.json"
 # Fields of the recipe that decide what an episode contains; a resumed run must match them.
 RECIPE_FIELDS = ("seed", "image_size", "split", "families", "object_counts", "max_steps",
-                 "action_noise", "move_noise", "max_attempts", "fps", "chunks_size")
+                 "action_noise", "move_noise", "gripper_noise", "start_anywhere",
+                 "max_attempts", "fps", "chunks_size")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,16 @@ class GenerateConfig:
     # states the data has almost no "move back" labels and a cloned policy that overshoots once
     # keeps going (measured: < 1% of y labels were -max_step on pick-2 with scaling only).
     move_noise: float = 0.0
+    # Gripper DART noise: the probability, per step, that the executed gripper command is the
+    # opposite of the expert's (the label stays the expert's). Move noise never closes the gripper
+    # where the expert would not, so without it the data holds no "closed on nothing" state and
+    # no dropped object: a cloned policy that closes early once keeps it closed and stops
+    # (measured, README item 12). With it, the data shows the expert's recoveries: open and move
+    # on, go back for a dropped object.
+    gripper_noise: float = 0.0
+    # Probability that an episode's gripper starts over a random point of the table instead of
+    # near the robot's base: approaches from every side (rt2edge.sim.tasks.check_start_anywhere).
+    start_anywhere: float = 0.0
     max_attempts: int = 20
     fps: int = 10
     chunks_size: int = 1000
@@ -75,6 +86,9 @@ class GenerateConfig:
             raise ConfigError("action_noise", f"must be in [0, 1], got {self.action_noise}")
         if not 0.0 <= self.move_noise <= 0.1:
             raise ConfigError("move_noise", f"must be in [0, 0.1] metres, got {self.move_noise}")
+        if not 0.0 <= self.gripper_noise <= 0.5:
+            raise ConfigError("gripper_noise", f"must be a probability in [0, 0.5], got {self.gripper_noise}")
+        object.__setattr__(self, "start_anywhere", check_start_anywhere(self.start_anywhere))
         if self.max_attempts < 1:
             raise ConfigError("max_attempts", f"must be >= 1, got {self.max_attempts}")
         if self.fps < 1:
@@ -141,6 +155,8 @@ def _rollout(env: TabletopEnv, cfg: GenerateConfig, index: int, family: str):
                     executed[:3] *= 1.0 + noise.normal(0.0, cfg.action_noise, 3)
                 if cfg.move_noise > 0:
                     executed[:3] += noise.normal(0.0, cfg.move_noise, 3)
+                if cfg.gripper_noise > 0 and noise.uniform() < cfg.gripper_noise:
+                    executed[6] = -executed[6]
             obs, _, terminated, truncated, info = env.step(executed)
             successes.append(bool(info["success"]))
             if terminated or truncated:
@@ -197,7 +213,8 @@ def generate(cfg: GenerateConfig,
     atomic_write_json(root / GENERATION_FILE, {"recipe": cfg.recipe()})
     families = check_families(cfg.families)
     env = TabletopEnv(image_size=cfg.image_size, split=cfg.split, families=families,
-                      max_steps=cfg.max_steps, object_counts=cfg.object_counts)
+                      max_steps=cfg.max_steps, object_counts=cfg.object_counts,
+                      start_anywhere=cfg.start_anywhere)
     feats = lerobot.features(cfg.image_size, STATE_NAMES, ACTION_NAMES)
     tasks: dict[str, int] = {}
     records: list[dict[str, Any]] = []

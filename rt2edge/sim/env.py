@@ -40,6 +40,8 @@ class TabletopEnv(gym.Env):
         max_step: cap on |delta| per axis and step, metres.
         supersample: render at this multiple and box-filter down (anti-aliasing).
         object_counts: objects per scene, drawn uniformly (default (3, 4); 2..5).
+        start_anywhere: probability that the gripper starts over a random point of the table
+            instead of near the robot's base (training-data diversity; default 0: the real task).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -48,14 +50,14 @@ class TabletopEnv(gym.Env):
                  families: tuple[str, ...] | list[str] | None = None, max_steps: int = 60,
                  max_step: float = MAX_STEP, supersample: int = 2,
                  render_mode: str | None = "rgb_array",
-                 object_counts: tuple[int, ...] | list[int] = OBJECT_COUNTS):
+                 object_counts: tuple[int, ...] | list[int] = OBJECT_COUNTS, start_anywhere: float = 0.0):
         if not 1 <= int(max_steps) <= 10_000:
             raise ConfigError("max_steps", f"must be in [1, 10000], got {max_steps}")
         if not 0.0 < float(max_step) <= 0.5:
             raise ConfigError("max_step", f"must be in (0, 0.5] metres, got {max_step}")
         if render_mode not in (None, "rgb_array"):
             raise ConfigError("render_mode", f"only 'rgb_array' is supported, got {render_mode!r}")
-        self.sampler = TaskSampler(split, families, object_counts)
+        self.sampler = TaskSampler(split, families, object_counts, start_anywhere)
         self.renderer = Renderer(image_size, supersample)
         self.image_size = image_size
         self.max_steps = int(max_steps)

@@ -100,14 +100,29 @@ def check_object_counts(counts, field: str = "object_counts") -> tuple[int, ...]
     return values
 
 
+def check_start_anywhere(value, field: str = "start_anywhere") -> float:
+    """The probability that a scene's gripper starts over a random point of the table instead of
+    near the robot's base. Training data only: a policy cloned from base starts alone sees the
+    approach from one side of every object, and errs as soon as its own mistakes take it
+    elsewhere (README item 12); evaluation keeps the real task's start."""
+    try:
+        p = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(field, f"must be a probability in [0, 1], got {value!r}") from exc
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(field, f"must be a probability in [0, 1], got {value!r}")
+    return p
+
+
 class TaskSampler:
     """Draws (scene, task) pairs of the given families from one split. Pure function of the rng."""
 
     def __init__(self, split: str = "train", families: tuple[str, ...] | list[str] | None = None,
-                 object_counts: tuple[int, ...] | list[int] = OBJECT_COUNTS):
+                 object_counts: tuple[int, ...] | list[int] = OBJECT_COUNTS, start_anywhere: float = 0.0):
         self.split = check_split(split)
         self.families = check_families(families)
         self.object_counts = check_object_counts(object_counts)
+        self.start_anywhere = check_start_anywhere(start_anywhere)
 
     def sample(self, rng: np.random.Generator, family: str | None = None) -> tuple[Scene, Task]:
         if family is None:
@@ -133,7 +148,9 @@ class TaskSampler:
         countries = [str(c) for c in rng.choice(list(COUNTRIES), size=N_FLAGS, replace=False)]
         boxes = ([(MAT_HALF, MAT_HALF, "mat")] * N_MATS + [(*FLAG_HALF, "flag")] * N_FLAGS
                  + [(SIZES[s], SIZES[s], "object") for s in sizes])
-        ee = sample_start_ee(rng)
+        # No draw at the default 0, so scenes of every seed stay what they were before the option.
+        anywhere = self.start_anywhere > 0 and rng.uniform() < self.start_anywhere
+        ee = sample_start_ee(rng, anywhere)
         centres = place_items(rng, boxes, keep_out=[(ee[0], ee[1], START_KEEP_OUT, START_KEEP_OUT)])
         if centres is None:
             return None

@@ -269,7 +269,11 @@ def place_items(rng: np.random.Generator, boxes: list[tuple[float, float, str]],
 START_KEEP_OUT = 0.12  # half side of the free square around the gripper's start
 
 
-def sample_start_ee(rng: np.random.Generator) -> np.ndarray:
+def sample_start_ee(rng: np.random.Generator, anywhere: bool = False) -> np.ndarray:
     """The gripper starts near the robot's base (bottom of the image), open, at travel height,
-    far enough from the edge that its whole drawing (fingers, palm, wrist) is in view."""
+    far enough from the edge that its whole drawing (fingers, palm, wrist) is in view.
+    anywhere: over a random point of the table instead (a data-generation option, see TaskSampler)."""
+    if anywhere:
+        reach = TABLE_HALF - START_KEEP_OUT
+        return np.array([rng.uniform(-reach, reach), rng.uniform(-reach, reach), START_Z])
     return np.array([rng.uniform(-0.15, 0.15), rng.uniform(-0.4, -0.32), START_Z])
