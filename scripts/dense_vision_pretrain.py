@@ -3,7 +3,8 @@
 The action-class probe (scripts/vision_probe.py) gives a tower two labels per image; this gives
 it one per patch, CenterNet-style, from the simulator's ground truth: for each of the 8 x 8
 patches, which object (colour x shape) has its centre there and where inside the patch, and
-whether the gripper is there (with its sub-patch offset and its height level). It is the
+whether the gripper is there (with its sub-patch offset, its height level and whether it is
+closed). It is the
 simulator's stand-in for the detection/localization pre-training real VLM towers get
 (PaliGemma's <loc> tokens): the patch tokens learn "what is here, exactly where", which a
 pick-and-place policy needs and the action loss teaches slowly.
@@ -35,6 +36,9 @@ SHAPE_IDS = {s: i for i, s in enumerate(SHAPES)}
 OBJECT_CLASSES = 1 + len(COLOURS) * len(SHAPES)  # 0: no object centre in this patch
 
 
+GRIPPER_STATES = 4  # (low, high) x (open, closed)
+
+
 def patch_of(x: float, y: float, grid: int) -> tuple[int, float, float]:
     """Table (x, y) -> (patch index in raster order, offset inside the patch in [-0.5, 0.5])."""
     col_f, row_f = (x + 0.5) * grid, (0.5 - y) * grid  # image rows grow downwards
@@ -63,7 +67,7 @@ def one_cycle(optimizer: torch.optim.Optimizer, lr: float, steps: int):
 
 def make_frames(n: int, image_size: int, grid: int, families, objects, seed: int):
     """Render n frames with dense labels: objects (n, P) class, offsets (n, P, 2),
-    gripper (n,) patch, gripper offset (n, 2), gripper high (n,)."""
+    gripper (n,) patch, gripper offset (n, 2), gripper state (n,): height level + 2 x closed."""
     env = TabletopEnv(image_size=image_size, families=families, object_counts=objects)
     rng = np.random.default_rng(seed)
     images = np.zeros((n, image_size, image_size, 3), np.uint8)
@@ -71,7 +75,7 @@ def make_frames(n: int, image_size: int, grid: int, families, objects, seed: int
     obj_off = np.zeros((n, grid * grid, 2), np.float32)
     grip = np.zeros(n, np.int64)
     grip_off = np.zeros((n, 2), np.float32)
-    grip_high = np.zeros(n, np.int64)
+    grip_state = np.zeros(n, np.int64)
     i = 0
     while i < n:  # every step of a noisy expert rollout is a frame: resets cost most of the time
         obs, _ = env.reset(seed=int(rng.integers(2**31)))
@@ -86,19 +90,22 @@ def make_frames(n: int, image_size: int, grid: int, families, objects, seed: int
             ex, ey, ez = env.scene.ee
             grip[i], *offset = patch_of(ex, ey, grid)
             grip_off[i] = offset
-            grip_high[i] = int(ez > START_Z / 2)
+            # Open or closed decides between the grasp frame (close) and the hold frame (lift),
+            # which differ by ~4 px of finger; a policy that cannot tell them holds the object at
+            # grasp height forever (README item 12).
+            grip_state[i] = int(ez > START_Z / 2) + 2 * int(env.scene.gripper_closed)
             i += 1
             obs = noisy_expert_step(env, rng)
-    return images, obj_cls, obj_off, grip, grip_off, grip_high
+    return images, obj_cls, obj_off, grip, grip_off, grip_state
 
 
 class DenseHeads(nn.Module):
-    """Per patch: object class, object offset, gripper-here logit, gripper offset, gripper high."""
+    """Per patch: object class, object offset, gripper-here logit, gripper offset, gripper state."""
 
     def __init__(self, tower: nn.Module, width: int):
         super().__init__()
         self.tower = tower
-        self.out = nn.Linear(width, OBJECT_CLASSES + 2 + 1 + 2 + 2)
+        self.out = nn.Linear(width, OBJECT_CLASSES + 2 + 1 + 2 + GRIPPER_STATES)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.out(self.tower(pixel_values=pixels).last_hidden_state)  # (B, P, outputs)
@@ -106,14 +113,15 @@ class DenseHeads(nn.Module):
 
 def heads(pred: torch.Tensor, grip: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """DenseHeads' output split into (object logits, object offsets) per patch and (gripper-here
-    logits over patches, gripper offset, gripper-high logits) read at the gripper's patch."""
+    logits over patches, gripper offset, gripper-state logits) read at the gripper's patch."""
     k = OBJECT_CLASSES
     at_grip = pred[torch.arange(len(pred)), grip]
-    return pred[..., :k], pred[..., k:k + 2], pred[..., k + 2], at_grip[:, k + 3:k + 5], at_grip[:, k + 5:k + 7]
+    return (pred[..., :k], pred[..., k:k + 2], pred[..., k + 2], at_grip[:, k + 3:k + 5],
+            at_grip[:, k + 5:k + 5 + GRIPPER_STATES])
 
 
-def losses(pred: torch.Tensor, obj_cls, obj_off, grip, grip_off, grip_high) -> dict[str, torch.Tensor]:
-    obj_logits, obj_pos, grip_logits, grip_pos, high_logits = heads(pred, grip)
+def losses(pred: torch.Tensor, obj_cls, obj_off, grip, grip_off, grip_state) -> dict[str, torch.Tensor]:
+    obj_logits, obj_pos, grip_logits, grip_pos, state_logits = heads(pred, grip)
     has_obj = obj_cls > 0
     return {
         # object centres sit in a few of the patches: weight them up or "nothing here" wins for long
@@ -122,20 +130,21 @@ def losses(pred: torch.Tensor, obj_cls, obj_off, grip, grip_off, grip_high) -> d
         "object_offset": nn.functional.l1_loss(obj_pos[has_obj], obj_off[has_obj]),
         "gripper": nn.functional.cross_entropy(grip_logits, grip),  # softmax over patches
         "gripper_offset": nn.functional.l1_loss(grip_pos, grip_off),
-        "gripper_high": nn.functional.cross_entropy(high_logits, grip_high),
+        "gripper_state": nn.functional.cross_entropy(state_logits, grip_state),
     }
 
 
-def metrics(pred: torch.Tensor, obj_cls, obj_off, grip, grip_off, grip_high,
+def metrics(pred: torch.Tensor, obj_cls, obj_off, grip, grip_off, grip_state,
             patch_px: int) -> dict[str, float]:
-    obj_logits, obj_pos, grip_logits, grip_pos, high_logits = heads(pred, grip)
+    obj_logits, obj_pos, grip_logits, grip_pos, state_logits = heads(pred, grip)
     has_obj = obj_cls > 0
     return {
         "object_recall": float((obj_logits.argmax(-1)[has_obj] == obj_cls[has_obj]).float().mean()),
         "object_offset_px": float((obj_pos[has_obj] - obj_off[has_obj]).abs().mean() * patch_px),
         "gripper_patch": float((grip_logits.argmax(-1) == grip).float().mean()),
         "gripper_offset_px": float((grip_pos - grip_off).abs().mean() * patch_px),
-        "gripper_high": float((high_logits.argmax(-1) == grip_high).float().mean()),
+        "gripper_state": float((state_logits.argmax(-1) == grip_state).float().mean()),
+        "gripper_closed": float(((state_logits.argmax(-1) >= 2) == (grip_state >= 2)).float().mean()),
     }
 
 
