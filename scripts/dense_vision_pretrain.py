@@ -4,10 +4,9 @@ The action-class probe (scripts/vision_probe.py) gives a tower two labels per im
 it one per patch, CenterNet-style, from the simulator's ground truth: for each of the 8 x 8
 patches, which object (colour x shape) has its centre there and where inside the patch, and
 whether the gripper is there (with its sub-patch offset, its height level and whether it is
-closed). It is the
-simulator's stand-in for the detection/localization pre-training real VLM towers get
-(PaliGemma's <loc> tokens): the patch tokens learn "what is here, exactly where", which a
-pick-and-place policy needs and the action loss teaches slowly.
+closed). It is the simulator's stand-in for the detection/localization pre-training real VLM
+towers get (PaliGemma's <loc> tokens): the patch tokens learn "what is here, exactly where",
+which a pick-and-place policy needs and the action loss teaches slowly.
 
 Frames are the steps of short expert rollouts with DART noise (so the gripper
 is anywhere, open or holding), rendered by the project's own simulator; nothing is downloaded.

@@ -51,10 +51,22 @@ def test_a_policy_that_never_moves_is_told_apart_per_phase_and_driver():
 
 
 def test_the_scenes_are_the_evaluators_for_the_same_seed():
-    agreement = expert_agreement(ScriptedExpertPolicy(), episodes=5, seed=7, families=["pick"])
-    evaluation = evaluate(ScriptedExpertPolicy(), episodes=5, seed=7, splits=["train"], families=["pick"])
-    steps = sum(e.steps for e in evaluation.episodes)
-    assert agreement.steps("policy") == steps == agreement.steps("expert")
+    """The policy-driven pass is `evaluate` over the same scenes (families round-robin)."""
+    families = ["pick", "move_to_mat"]
+
+    class Recording(StillPolicy):
+        def __init__(self):
+            self.seen = []
+
+        def act_batch(self, images, instructions):
+            self.seen += list(instructions)
+            return super().act_batch(images, instructions)
+
+    agreeing, evaluating = Recording(), Recording()
+    agreement = expert_agreement(agreeing, episodes=4, seed=7, families=families, max_steps=3, num_envs=1)
+    evaluate(evaluating, episodes=4, seed=7, splits=["train"], families=families, max_steps=3, num_envs=1)
+    assert evaluating.seen == agreeing.seen[-len(evaluating.seen):]  # the policy-driven pass runs last
+    assert agreement.steps("policy") == 4 * 3 == agreement.steps("expert")  # the expert needs > 3 steps
 
 
 def test_phases_and_parts_read_the_experts_action():
@@ -70,12 +82,16 @@ def test_phases_and_parts_read_the_experts_action():
     assert expert_phase(env.scene, done) == "done"
     half = env.max_step / 2
     near = expert.copy()
-    near[0] += 0.24 * half  # within a quarter step: the same half-step class
+    near[0] += 0.49 * half  # within a quarter step: the same half-step class
     assert agreement_parts(near, expert, env.max_step)["action"]
     off = expert.copy()
-    off[0] += half
+    off[0] += 0.51 * half
     parts = agreement_parts(off, expert, env.max_step)
     assert not parts["move"] and not parts["action"] and parts["gripper"] and parts["terminate"]
+    long = expert.copy()
+    long[:2] = np.sign(expert[:2]) * 1.3 * env.max_step  # the env clips it to the expert's full step
+    assert np.all(np.abs(expert[:2]) == env.max_step)
+    assert agreement_parts(long, expert, env.max_step)["move"]
 
 
 def test_bad_arguments_are_refused():

@@ -35,3 +35,12 @@ def test_object_labels_sit_on_pixels_of_that_colour():
             nearest = min(COLOURS, key=lambda c: np.abs(pixel - COLOURS[c]).sum())
             checked += nearest == colour
     assert checked >= 0.8 * np.count_nonzero(obj_cls)
+
+
+def test_gripper_state_label_is_height_level_and_closed():
+    """The label separates the grasp frame (low, open) from the hold frame (low, closed)."""
+    from dense_vision_pretrain import GRIPPER_STATES
+
+    *_, grip_state = make_frames(400, 64, 8, ("pick",), (2,), seed=1)
+    assert set(np.unique(grip_state)) <= set(range(GRIPPER_STATES))
+    assert {0, 1, 2} <= set(np.unique(grip_state))  # low open, high open, low closed (a grasp) all occur

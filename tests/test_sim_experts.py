@@ -64,6 +64,8 @@ def test_expert_reopens_a_gripper_that_arrived_closed_on_nothing():
         if not action[:3].any():
             break
         env.step(np.concatenate([action[:6], [1.0, 0.0]]))
+    else:
+        pytest.fail("the expert never reached the grasp pose")
     assert env.scene.gripper_closed and env.scene.held is None
     assert env.expert_action()[6] < 0  # open first
     for _ in range(10):

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from rt2edge.checks import check_finite
 from rt2edge.data import lerobot
 from rt2edge.atomic import atomic_write, atomic_write_json, atomic_write_jsonl, remove_temporaries
 from rt2edge.data.lerobot import DATA_PATH, IMAGE_KEY, DatasetError
@@ -82,12 +83,9 @@ class GenerateConfig:
         object.__setattr__(self, "object_counts", check_object_counts(self.object_counts))
         if self.max_steps < 1:
             raise ConfigError("max_steps", f"must be >= 1, got {self.max_steps}")
-        if not 0.0 <= self.action_noise <= 1.0:
-            raise ConfigError("action_noise", f"must be in [0, 1], got {self.action_noise}")
-        if not 0.0 <= self.move_noise <= 0.1:
-            raise ConfigError("move_noise", f"must be in [0, 0.1] metres, got {self.move_noise}")
-        if not 0.0 <= self.gripper_noise <= 0.5:
-            raise ConfigError("gripper_noise", f"must be a probability in [0, 0.5], got {self.gripper_noise}")
+        check_finite("action_noise", self.action_noise, 0.0, 1.0)
+        check_finite("move_noise", self.move_noise, 0.0, 0.1)  # metres
+        check_finite("gripper_noise", self.gripper_noise, 0.0, 0.5)
         object.__setattr__(self, "start_anywhere", check_start_anywhere(self.start_anywhere))
         if self.max_attempts < 1:
             raise ConfigError("max_attempts", f"must be >= 1, got {self.max_attempts}")

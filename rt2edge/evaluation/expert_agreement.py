@@ -8,6 +8,9 @@ same scenes are run twice:
 - expert-driven: the env follows the scripted expert; the policy is asked at every state and its
   action is only recorded. This is the training distribution (without the data's noise).
 - policy-driven: the env follows the policy, as in `evaluate`; the expert's action is recorded.
+  (These are `evaluate`'s first scenes of the split: with the same seed, its success rate is the
+  evaluation's over those episodes. A stateful runtime policy is asked, not obeyed, in the
+  expert-driven pass, so its action guard remembers its own gripper command, not the executed one.)
 
 Per phase of the task (read from the expert's action: approach, grasp, carry, release, done) it
 reports how often the policy's whole action equals the expert's, and its parts: the move (every
@@ -49,7 +52,8 @@ def expert_phase(scene: Any, expert: np.ndarray) -> str:
 
 def agreement_parts(action: np.ndarray, expert: np.ndarray, max_step: float) -> dict[str, bool]:
     """Which parts of `action` equal the expert's (see the module docstring)."""
-    move = bool(np.all(np.abs(action[:3] - expert[:3]) < max_step / 4))
+    executed = np.clip(action[:3], -max_step, max_step)  # the env clips a longer move to one step
+    move = bool(np.all(np.abs(executed - expert[:3]) < max_step / 4))
     gripper = bool((action[6] > 0) == (expert[6] > 0))
     terminate = bool((action[7] >= 0.5) == (expert[7] >= 0.5))
     return {"action": move and gripper and terminate, "move": move, "gripper": gripper,
@@ -127,9 +131,11 @@ def expert_agreement(policy: Any, episodes: int = 20, seed: int = 0, split: str 
                                    seed=seed, split=split, episodes=episodes)
     for driver in DRIVERS:
         envs = split_envs(policy, make_env, split, episodes, num_envs)
-        if not callable(getattr(envs[0], "expert_action", None)):
+        if not (callable(getattr(envs[0], "expert_action", None))
+                and all(hasattr(envs[0], name) for name in ("scene", "max_step"))):
             raise ConfigError("env_factory", "the expert-agreement diagnosis needs envs with the scripted "
-                                             "expert (expert_action(), scene), like rt2edge.sim.TabletopEnv")
+                                             "expert (expert_action(), scene, max_step), like "
+                                             "rt2edge.sim.TabletopEnv")
         counts = {phase: {"steps": 0, **{p: 0 for p in PARTS}} for phase in PHASES}
 
         def execute(env: Any, action: np.ndarray, driver: str = driver, counts: dict = counts) -> np.ndarray:
