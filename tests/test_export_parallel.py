@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 torch = pytest.importorskip("torch")
