@@ -159,3 +159,26 @@ def test_start_anywhere_spreads_the_gripper_start_and_the_default_keeps_the_scen
     starts = np.array(starts)
     assert np.mean(starts[:, 1] > 0) > 0.25 and np.abs(starts[:, :2]).max() <= 0.38
     assert np.allclose(starts[:, 2], starts[0, 2])  # at travel height
+
+
+def test_the_hold_frame_is_told_from_the_grasp_frame_for_every_size():
+    """The expert closes in the grasp frame (gripper open) and lifts in the next, the hold frame
+    (closed on the object); a policy sees only the image, so the two must look different, and
+    clearly so for the largest objects too (once drawn around the object, they could be identical)."""
+    fewest = {}
+    env = TabletopEnv(families=["pick"], object_counts=(2,))
+    for seed in range(40):
+        obs, _ = env.reset(seed=seed)
+        for _ in range(30):
+            action = env.expert_action()
+            if action[6] > 0 and env.scene.held is None:
+                grasp = obs["image"]
+                obs, *_ = env.step(action)
+                assert env.scene.held == env.task.target
+                size = env.scene.objects[env.task.target].size
+                differ = int((grasp != obs["image"]).any(-1).sum())
+                fewest[size] = min(fewest.get(size, differ), differ)
+                break
+            obs, *_ = env.step(action)
+    assert set(fewest) == {"small", "medium", "large"}
+    assert min(fewest.values()) >= 30, fewest  # of 4,096 pixels; the open fingers sit outside every object

@@ -27,6 +27,7 @@ TRIANGLE_SCALE = 1.4  # circumradius / size radius: keeps the triangle's area cl
 CUBE_SCALE = 0.88  # half side / size radius
 FINGER_HALF = (0.012, 0.035)
 OPEN_GAP = 0.1
+HELD_GAP = 0.6  # finger offset from the centre when holding, as a fraction of the drawn radius
 
 # Flags: (kind, colours) with kind "v" vertical stripes, "h" horizontal stripes, or special.
 FLAG_STYLES: dict[str, tuple[str, tuple[tuple[int, int, int], ...]]] = {
@@ -190,9 +191,12 @@ class Renderer:
         if not scene.gripper_closed:
             gap = OPEN_GAP
         elif scene.held is not None:
+            # Fingers pinch the held object inside its outline. Drawn hugging its outside, they
+            # sat where the open fingers sit for a large object (0.108 vs OPEN_GAP 0.1): the grasp
+            # frame (open, "close") and the hold frame (closed, "lift") differed by 11 px on
+            # average, 0 for some, and policies lifted at chance (README item 12).
             held = scene.objects[scene.held]
-            drawn = held.radius * (1.0 + HEIGHT_SCALE * held.z)
-            gap = (drawn + OUTLINE + 0.006) / scale  # fingers hug the held object
+            gap = HELD_GAP * held.radius * (1.0 + HEIGHT_SCALE * held.z) / scale
         else:
             gap = 0.02
         fw, fh = FINGER_HALF[0] * scale, FINGER_HALF[1] * scale
