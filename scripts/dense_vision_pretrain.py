@@ -89,9 +89,9 @@ def make_frames(n: int, image_size: int, grid: int, families, objects, seed: int
             ex, ey, ez = env.scene.ee
             grip[i], *offset = patch_of(ex, ey, grid)
             grip_off[i] = offset
-            # Open or closed decides between the grasp frame (close) and the hold frame (lift),
-            # which differ by ~4 px of finger; a policy that cannot tell them holds the object at
-            # grasp height forever (README item 12).
+            # Open or closed decides between the grasp frame (close) and the hold frame (lift); a
+            # policy that cannot tell them holds the object at grasp height forever (README item 12;
+            # the renderer drew them nearly alike until item 13's fix).
             grip_state[i] = int(ez > START_Z / 2) + 2 * int(env.scene.gripper_closed)
             i += 1
             obs = noisy_expert_step(env, rng)

@@ -59,7 +59,7 @@ class GenerateConfig:
     # where the expert would not, so without it the data holds no "closed on nothing" state and
     # no dropped object: a cloned policy that closes early once keeps it closed and stops
     # (measured, README item 12). With it, the data shows the expert's recoveries: open and move
-    # on, go back for a dropped object.
+    # on, go back for a dropped object (at 0.1 it did not raise pick-2 success there).
     gripper_noise: float = 0.0
     # Probability that an episode's gripper starts over a random point of the table instead of
     # near the robot's base: approaches from every side (rt2edge.sim.tasks.check_start_anywhere).

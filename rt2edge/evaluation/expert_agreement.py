@@ -70,23 +70,23 @@ class ExpertAgreementResult:
     counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     success: dict[str, float] = field(default_factory=dict)  # per driver: success rate
 
+    def _rows(self, driver: str, phase: str | None) -> list[dict[str, int]]:
+        return [self.counts[driver][phase]] if phase is not None else list(self.counts[driver].values())
+
     def rate(self, driver: str, phase: str | None = None, part: str = "action") -> float | None:
         """Agreement of `part` on `driver`'s states in `phase` (None: all phases); None without steps."""
-        rows = [self.counts[driver][phase]] if phase is not None else list(self.counts[driver].values())
-        steps = sum(r["steps"] for r in rows)
-        return sum(r[part] for r in rows) / steps if steps else None
+        steps = self.steps(driver, phase)
+        return sum(r[part] for r in self._rows(driver, phase)) / steps if steps else None
 
     def steps(self, driver: str, phase: str | None = None) -> int:
-        rows = [self.counts[driver][phase]] if phase is not None else list(self.counts[driver].values())
-        return sum(r["steps"] for r in rows)
+        return sum(r["steps"] for r in self._rows(driver, phase))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy, "seed": self.seed, "split": self.split, "episodes": self.episodes,
             "success": self.success,
-            "agreement": {d: {"all": {"steps": self.steps(d), **{p: self.rate(d, None, p) for p in PARTS}},
-                              **{ph: {"steps": self.steps(d, ph), **{p: self.rate(d, ph, p) for p in PARTS}}
-                                 for ph in PHASES}}
+            "agreement": {d: {ph or "all": {"steps": self.steps(d, ph), **{p: self.rate(d, ph, p) for p in PARTS}}
+                              for ph in (None, *PHASES)}
                           for d in DRIVERS},
             "counts": self.counts,
         }
@@ -129,13 +129,13 @@ def expert_agreement(policy: Any, episodes: int = 20, seed: int = 0, split: str 
     make_env = resolve_env_factory(env_factory, image_size, max_steps, object_counts)
     result = ExpertAgreementResult(policy=str(getattr(policy, "name", type(policy).__name__)),
                                    seed=seed, split=split, episodes=episodes)
+    envs = split_envs(policy, make_env, split, episodes, num_envs)  # both passes: every episode resets
+    if not (callable(getattr(envs[0], "expert_action", None))
+            and all(hasattr(envs[0], name) for name in ("scene", "max_step"))):
+        raise ConfigError("env_factory", "the expert-agreement diagnosis needs envs with the scripted "
+                                         "expert (expert_action(), scene, max_step), like "
+                                         "rt2edge.sim.TabletopEnv")
     for driver in DRIVERS:
-        envs = split_envs(policy, make_env, split, episodes, num_envs)
-        if not (callable(getattr(envs[0], "expert_action", None))
-                and all(hasattr(envs[0], name) for name in ("scene", "max_step"))):
-            raise ConfigError("env_factory", "the expert-agreement diagnosis needs envs with the scripted "
-                                             "expert (expert_action(), scene, max_step), like "
-                                             "rt2edge.sim.TabletopEnv")
         counts = {phase: {"steps": 0, **{p: 0 for p in PARTS}} for phase in PHASES}
 
         def execute(env: Any, action: np.ndarray, driver: str = driver, counts: dict = counts) -> np.ndarray:

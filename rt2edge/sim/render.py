@@ -194,7 +194,7 @@ class Renderer:
             # Fingers pinch the held object inside its outline. Drawn hugging its outside, they
             # sat where the open fingers sit for a large object (0.108 vs OPEN_GAP 0.1): the grasp
             # frame (open, "close") and the hold frame (closed, "lift") differed by 11 px on
-            # average, 0 for some, and policies lifted at chance (README item 12).
+            # average, 0 for some, and policies lifted at chance (README items 12-13).
             held = scene.objects[scene.held]
             gap = HELD_GAP * held.radius * (1.0 + HEIGHT_SCALE * held.z) / scale
         else:
