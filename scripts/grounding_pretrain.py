@@ -17,6 +17,7 @@ Frames are rendered by the project's own simulator (nothing is downloaded): by d
 pre-grasp steps of short expert rollouts with DART noise (the gripper anywhere, the named object
 not yet held). `--phases all` draws frames from whole noisy episodes, the pointer marking where the
 expert is heading (the object, then its destination: a mat, a flag, the reference object);
+`--phases carry` keeps only the frames that hold the named object (the destination alone);
 `--offset-weight` adds a regression of that goal's offset from the gripper, in steps, the metric
 distance that the action labels (clipped to one step) carry only on the last step of a move;
 `--dagger F` takes a fraction F of every batch from the policy's own rollouts, labelled by the
@@ -57,7 +58,8 @@ class FrameSource:
 
     phases "pregrasp": 0-5 noisy expert steps into an episode, the named object not yet held (the
         pointer marks the object); "all": up to `per_episode` frames drawn from a whole noisy expert
-        episode up to its first successful step (the pointer marks the object, then the destination).
+        episode up to its first successful step (the pointer marks the object, then the destination);
+        "carry": the frames of such episodes that hold the named object (the pointer marks the destination).
     dagger: the fraction of frames from episodes that `act` (the policy being trained) drives in
         `dagger_envs` environments at once, labelled by the expert at every state the policy reaches
         (DAgger): the states a cloned policy drifts into, which no expert rollout visits.
@@ -101,11 +103,16 @@ class FrameSource:
         return [self._frame(self.env, obs)]
 
     def _episode(self) -> list[tuple]:
-        obs, _ = self.env.reset(seed=int(self.rng.integers(2**31)))
-        frames = [self._frame(self.env, obs)]
-        while not is_success(self.env.scene, self.env.task) and len(frames) < self.env.max_steps:
-            obs = noisy_expert_step(self.env, self.rng, self.move_noise)
-            frames.append(self._frame(self.env, obs))
+        env = self.env
+        obs, _ = env.reset(seed=int(self.rng.integers(2**31)))
+        frames, steps = [], 0
+        while True:
+            # "carry": only the frames that hold the named object (moving it to its destination, releasing)
+            if self.phases != "carry" or env.scene.held == env.task.target:
+                frames.append(self._frame(env, obs))
+            if is_success(env.scene, env.task) or steps + 1 >= env.max_steps:
+                break
+            obs, steps = noisy_expert_step(env, self.rng, self.move_noise), steps + 1
         return self._sample(frames, self.per_episode)
 
     def _policy_episodes(self) -> list[tuple]:
@@ -165,8 +172,9 @@ def main() -> None:
     parser.add_argument("--offset-weight", type=float, default=0.0,
                         help="weight of a regression of the goal's offset from the gripper (in steps, unclipped "
                              "up to 8): the metric distance the one-step-clipped action labels do not carry")
-    parser.add_argument("--phases", choices=("pregrasp", "all"), default="pregrasp",
-                        help="pregrasp: the first 0-5 steps, object not held; all: frames of whole episodes")
+    parser.add_argument("--phases", choices=("pregrasp", "all", "carry"), default="pregrasp",
+                        help="pregrasp: the first 0-5 steps, object not held; all: frames of whole episodes; "
+                             "carry: the frames of whole episodes that hold the named object")
     parser.add_argument("--dagger", type=float, default=0.0,
                         help="fraction of each batch from the policy's own rollouts, labelled by the expert "
                              "(DAgger; needs --phases all)")

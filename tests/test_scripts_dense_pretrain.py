@@ -44,3 +44,47 @@ def test_gripper_state_label_is_height_level_and_closed():
     *_, grip_state = make_frames(400, 64, 8, ("pick",), (2,), seed=1)
     assert set(np.unique(grip_state)) <= set(range(GRIPPER_STATES))
     assert {0, 1, 2} <= set(np.unique(grip_state))  # low open, high open, low closed (a grasp) all occur
+
+
+def test_landmark_labels_sit_on_the_mat_or_flag_drawn_there():
+    """Mats by colour, flags by country: each label's patch centre shows that mat's pale colour,
+    and flag labels name a flag of the scene at that place (not the bare table)."""
+    from dense_vision_pretrain import COUNTRY_IDS, LANDMARK_CLASSES
+
+    from rt2edge.sim.render import TABLE_RGB
+
+    grid, size = 8, 64
+    images, _, _, landmark, *_ = make_frames(40, size, grid, ("move_to_mat", "move_to_flag"), (3,), seed=4)
+    assert landmark.max() < LANDMARK_CLASSES
+    mats = flags = mat_hits = flag_hits = 0
+    for image, classes in zip(images, landmark):
+        for p in np.flatnonzero(classes):
+            centre = image[p // grid * 8 + 4, p % grid * 8 + 4].astype(float)
+            if classes[p] <= len(COLOURS):
+                colour = list(COLOURS)[classes[p] - 1]
+                pale = 0.55 * np.asarray(COLOURS[colour]) + 0.45 * np.asarray(TABLE_RGB)
+                mats += 1
+                mat_hits += np.abs(centre - pale).sum() < 30
+            else:
+                assert classes[p] - 1 - len(COLOURS) < len(COUNTRY_IDS)
+                flags += 1
+                flag_hits += np.abs(centre - np.asarray(TABLE_RGB)).sum() > 30
+    assert mats >= 20 and flags >= 20
+    assert mat_hits >= 0.8 * mats and flag_hits >= 0.8 * flags
+
+
+def test_losses_and_metrics_cover_every_head():
+    import torch
+    from dense_vision_pretrain import DenseHeads, losses, metrics
+
+    labels = [torch.from_numpy(a) for a in make_frames(6, 64, 8, None, (3,), seed=5)[1:]]
+    width, features = 16, torch.randn(6, 64, 16)
+    base = {"object", "object_offset", "gripper", "gripper_offset", "gripper_state"}
+    for landmarks in (False, True):
+        model = DenseHeads(lambda pixel_values: None, width, landmarks=landmarks)
+        with torch.no_grad():
+            pred = model.out(features)
+            parts, scores = losses(pred, *labels), metrics(pred, *labels, patch_px=8)
+        assert set(parts) == base | ({"landmark"} if landmarks else set())
+        assert all(torch.isfinite(v) for v in parts.values())
+        assert ("landmark_recall" in scores) == landmarks and 0.0 <= scores["object_recall"] <= 1.0

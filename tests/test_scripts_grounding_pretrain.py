@@ -58,6 +58,25 @@ def test_whole_episode_frames_point_at_the_destination_while_carrying():
 
 
 
+def test_carry_frames_hold_the_named_object_and_point_at_the_destination():
+    """phases="carry": only frames that hold the named object: every move is a carrying move (closed
+    gripper; the approach moves open) and the pointer lies on the named mat's colour."""
+    grid, size = 8, 64
+    source = FrameSource(("move_to_mat",), (3,), size, grid, seed=3, phases="carry", per_episode=40)
+    images, texts, actions, patches, offsets = source.batch(60)
+    moving = np.abs(actions[:, :3]).max(axis=1) > 1e-6
+    assert moving.sum() >= 20 and np.all(actions[moving, 6] > 0)
+    hits = far = 0
+    for image, text, patch, offset in zip(images, texts, patches.tolist(), offsets.numpy()):
+        if np.abs(offset).max() < 1.5:  # the gripper and its load may cover the mat's centre
+            continue
+        far += 1
+        mat = next(c for c in COLOURS if f"{c} mat" in text)
+        pale = 0.55 * np.asarray(COLOURS[mat]) + 0.45 * np.asarray(TABLE_RGB)
+        cell = image[patch // grid * 8:(patch // grid + 1) * 8, patch % grid * 8:(patch % grid + 1) * 8]
+        hits += bool((np.abs(cell.reshape(-1, 3).astype(float) - pale).sum(axis=1) < 30).sum() >= 16)
+    assert far >= 10 and hits >= 0.9 * far
+
 def test_dagger_frames_are_the_driving_policys_states_with_the_experts_labels():
     """A policy that closes its gripper on nothing and drifts right: DAgger frames show where it went
     (closed, empty, heading off) and carry the expert's recovery (open, head back), not its actions."""
