@@ -24,7 +24,8 @@ ALIGNED_COS = 0.9  # "moves the label's way": within ~25 degrees
 
 def move_fit(labels: np.ndarray, predicted: np.ndarray, holding: np.ndarray) -> dict[str, dict[str, float]]:
     """Per phase ("approach": not holding, "carry": holding) over the frames whose label moves in
-    x / y: frames, mean cosine of the predicted x / y move with the label's, and the fraction
+    x / y (labels: (n, >= 2) actions; predicted: (n, >= 2) moves): frames, mean cosine of the
+    predicted x / y move with the label's, and the fraction
     within ALIGNED_COS. A predicted move of zero has cosine 0."""
     label_xy, pred_xy = np.asarray(labels)[:, :2], np.asarray(predicted)[:, :2]
     label_norm, pred_norm = np.linalg.norm(label_xy, axis=1), np.linalg.norm(pred_xy, axis=1)
@@ -53,7 +54,7 @@ def main() -> None:
 
     from rt2edge.data.dataset import EpisodeDataset
     from rt2edge.evaluation import load_policy
-    from rt2edge.evaluation.policies import supports_batch
+    from rt2edge.evaluation.policies import first_frame_moves
 
     if args.threads:
         import torch
@@ -65,12 +66,7 @@ def main() -> None:
         parser.error(f"{args.data}: observation.state has no 'holding' (names: {names})")
     view = dataset.select_episodes(dataset.episode_indices[:args.episodes])
     images, instructions = view.load_images(), view.instructions
-    policy = load_policy(args.policy)
-    if supports_batch(policy):
-        predicted = np.concatenate([policy.act_batch(images[i:i + args.batch_size], instructions[i:i + args.batch_size])
-                                    for i in range(0, len(images), args.batch_size)])
-    else:
-        predicted = np.stack([policy.act(image, text) for image, text in zip(images, instructions)])
+    predicted = first_frame_moves(load_policy(args.policy), images, instructions, args.batch_size)
     holding = view.states[:, names.index("holding")] > 0.5
     print(json.dumps({"policy": str(args.policy), "frames": len(images),
                       **move_fit(view.actions, predicted, holding)}))

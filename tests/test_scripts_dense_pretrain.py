@@ -51,7 +51,7 @@ def test_landmark_labels_sit_on_the_mat_or_flag_drawn_there():
     and flag labels name a flag of the scene at that place (not the bare table)."""
     from dense_vision_pretrain import COUNTRY_IDS, LANDMARK_CLASSES
 
-    from rt2edge.sim.render import TABLE_RGB
+    from rt2edge.sim.render import TABLE_RGB, mat_fill_rgb
 
     grid, size = 8, 64
     images, _, _, landmark, *_ = make_frames(40, size, grid, ("move_to_mat", "move_to_flag"), (3,), seed=4)
@@ -61,10 +61,8 @@ def test_landmark_labels_sit_on_the_mat_or_flag_drawn_there():
         for p in np.flatnonzero(classes):
             centre = image[p // grid * 8 + 4, p % grid * 8 + 4].astype(float)
             if classes[p] <= len(COLOURS):
-                colour = list(COLOURS)[classes[p] - 1]
-                pale = 0.55 * np.asarray(COLOURS[colour]) + 0.45 * np.asarray(TABLE_RGB)
                 mats += 1
-                mat_hits += np.abs(centre - pale).sum() < 30
+                mat_hits += np.abs(centre - mat_fill_rgb(list(COLOURS)[classes[p] - 1])).sum() < 30
             else:
                 assert classes[p] - 1 - len(COLOURS) < len(COUNTRY_IDS)
                 flags += 1

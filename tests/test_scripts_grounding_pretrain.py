@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from grounding_pretrain import MAX_OFFSET_STEPS, FrameSource, last_prompt_state, pointer_logits  # noqa: E402
 
-from rt2edge.sim.render import TABLE_RGB  # noqa: E402
+from rt2edge.sim.render import mat_fill_rgb  # noqa: E402
 from rt2edge.sim.world import COLOURS  # noqa: E402
 from tiny_policies import build_tiny_policy  # noqa: E402
 
@@ -31,6 +31,13 @@ def test_pointer_labels_sit_on_the_named_objects_colour():
         distance = np.abs(cell.reshape(-1, 3).astype(float) - COLOURS[named]).sum(axis=1)
         hits += bool((distance < 60).any())  # some pixel of the patch has the named colour
     assert hits >= 0.9 * len(patches)
+
+
+def _on_named_mat(image: np.ndarray, text: str, patch: int, grid: int) -> bool:
+    """At least 16 pixels of the pointer's 8 x 8 patch show the inside of the mat `text` names."""
+    mat = next(c for c in COLOURS if f"{c} mat" in text)
+    cell = image[patch // grid * 8:(patch // grid + 1) * 8, patch % grid * 8:(patch % grid + 1) * 8]
+    return bool((np.abs(cell.reshape(-1, 3).astype(float) - mat_fill_rgb(mat)).sum(axis=1) < 30).sum() >= 16)
 
 
 def test_whole_episode_frames_point_at_the_destination_while_carrying():
@@ -50,12 +57,8 @@ def test_whole_episode_frames_point_at_the_destination_while_carrying():
         if action[6] <= 0 or np.abs(offset).max() < 1.5:
             continue
         carrying += 1
-        mat = next(c for c in COLOURS if f"{c} mat" in text)
-        pale = 0.55 * np.asarray(COLOURS[mat]) + 0.45 * np.asarray(TABLE_RGB)  # a mat's inside, as rendered
-        cell = image[patch // grid * 8:(patch // grid + 1) * 8, patch % grid * 8:(patch % grid + 1) * 8]
-        hits += bool((np.abs(cell.reshape(-1, 3).astype(float) - pale).sum(axis=1) < 30).sum() >= 16)
+        hits += _on_named_mat(image, text, patch, grid)
     assert carrying >= 10 and hits >= 0.9 * carrying
-
 
 
 def test_carry_frames_hold_the_named_object_and_point_at_the_destination():
@@ -71,11 +74,9 @@ def test_carry_frames_hold_the_named_object_and_point_at_the_destination():
         if np.abs(offset).max() < 1.5:  # the gripper and its load may cover the mat's centre
             continue
         far += 1
-        mat = next(c for c in COLOURS if f"{c} mat" in text)
-        pale = 0.55 * np.asarray(COLOURS[mat]) + 0.45 * np.asarray(TABLE_RGB)
-        cell = image[patch // grid * 8:(patch // grid + 1) * 8, patch % grid * 8:(patch % grid + 1) * 8]
-        hits += bool((np.abs(cell.reshape(-1, 3).astype(float) - pale).sum(axis=1) < 30).sum() >= 16)
+        hits += _on_named_mat(image, text, patch, grid)
     assert far >= 10 and hits >= 0.9 * far
+
 
 def test_dagger_frames_are_the_driving_policys_states_with_the_experts_labels():
     """A policy that closes its gripper on nothing and drifts right: DAgger frames show where it went

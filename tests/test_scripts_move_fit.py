@@ -42,3 +42,33 @@ def test_a_still_prediction_has_cosine_zero_and_an_empty_phase_reads_none():
     fit = move_fit(labels, np.zeros_like(labels), np.zeros(6, bool))
     assert fit["approach"] == {"frames": 5, "mean_cos": 0.0, "aligned": 0.0}
     assert fit["carry"] == {"frames": 0, "mean_cos": None, "aligned": None}
+
+
+def _run_main(monkeypatch, capsys, args: list[str]) -> str:
+    import move_fit as script
+
+    monkeypatch.setattr(sys, "argv", ["move_fit.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        script.main()
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_counts_are_refused_before_loading(monkeypatch, capsys, tmp_path):
+    err = _run_main(monkeypatch, capsys, [str(tmp_path / "policy"), str(tmp_path / "data"), "--episodes", "0"])
+    assert "--episodes and --batch-size must be >= 1" in err
+
+
+def test_a_dataset_without_the_holding_state_is_refused_naming_it(monkeypatch, capsys, tmp_path):
+    import json
+
+    from rt2edge.data.generate import GenerateConfig, generate
+
+    root = tmp_path / "data"
+    generate(GenerateConfig(out=str(root), episodes=1, max_steps=6))
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["features"]["observation.state"]["names"] = ["ee_x", "ee_y", "ee_z", "gripper_closed", "other"]
+    info_path.write_text(json.dumps(info))
+    err = _run_main(monkeypatch, capsys, [str(tmp_path / "policy"), str(root)])
+    assert "observation.state has no 'holding'" in err and "gripper_closed" in err

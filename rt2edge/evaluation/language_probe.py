@@ -26,8 +26,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from rt2edge.checks import check_int
-from rt2edge.errors import ActionValueError, ConfigError
-from rt2edge.evaluation.policies import supports_batch
+from rt2edge.errors import ConfigError
+from rt2edge.evaluation.policies import first_frame_moves, supports_batch
 from rt2edge.evaluation.rollout import resolve_env_factory
 
 PROBE_STREAM = 0x1A96  # salts the probe's scene seeds: not the evaluation's, not the data's
@@ -132,27 +132,6 @@ def _counterfactual(env: Any) -> tuple[str, Any] | None:
     return None
 
 
-def _ask(policy: Any, images: np.ndarray, instructions: list[str], batch_size: int) -> np.ndarray:
-    """(n, 2) xy moves; a stateful policy is reset before every ask (each is a first frame)."""
-    if supports_batch(policy):
-        actions = np.concatenate([
-            np.asarray(policy.act_batch(images[i:i + batch_size], instructions[i:i + batch_size]),
-                       np.float64).reshape(len(images[i:i + batch_size]), -1)
-            for i in range(0, len(images), batch_size)])
-    else:
-        rows = []
-        for image, text in zip(images, instructions):
-            reset = getattr(policy, "reset", None)
-            if callable(reset):
-                reset()
-            rows.append(np.asarray(policy.act(image, text), np.float64).reshape(-1))
-        actions = np.stack(rows)
-    if actions.shape[1] < 2 or not np.all(np.isfinite(actions[:, :2])):
-        raise ActionValueError(f"the policy returned actions of shape {actions.shape} / non-finite xy; "
-                               "the probe needs finite (x, y, ...) moves")
-    return actions[:, :2]
-
-
 def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "train",
                    families: Sequence[str] | None = None, object_counts: Sequence[int] | None = None,
                    image_size: int | None = None, batch_size: int = 8,
@@ -193,15 +172,15 @@ def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "
             continue
         found.append((family, env_seed, obs["image"].copy(), env.instruction, text, named_move, other_move))
         if not batched:
-            asked.append(_ask(policy, np.stack([obs["image"]] * 2), [env.instruction, text], batch_size))
+            asked.append(first_frame_moves(policy, np.stack([obs["image"]] * 2), [env.instruction, text], batch_size))
     if not found:
         raise ConfigError("object_counts", f"no scene of {wanted} had a second nameable object in "
                                            f"{scenes * MAX_TRIES_PER_SCENE} draws; use >= 2 objects (>= 3 for "
                                            "move_near / put_on)")
     if batched:
         images = np.stack([f[2] for f in found])
-        moves = np.stack([_ask(policy, images, [f[3] for f in found], batch_size),
-                          _ask(policy, images, [f[4] for f in found], batch_size)], axis=1)
+        moves = np.stack([first_frame_moves(policy, images, [f[3] for f in found], batch_size),
+                          first_frame_moves(policy, images, [f[4] for f in found], batch_size)], axis=1)
     else:
         moves = np.stack(asked)
     result = LanguageProbeResult(policy=str(getattr(policy, "name", type(policy).__name__)), seed=seed)

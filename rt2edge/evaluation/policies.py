@@ -18,7 +18,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from rt2edge.errors import ArtifactError
+from rt2edge.errors import ActionValueError, ArtifactError
 
 ARTIFACT_MANIFEST = "manifest.json"  # deploy artifact (rt2edge.artifact)
 CHECKPOINT_METADATA = "rt2edge.json"  # torch checkpoint (rt2edge.models.checkpoint)
@@ -34,6 +34,28 @@ def supports_batch(policy: Any) -> bool:
     """A policy that may be stepped in many environments at once: it has `act_batch` and no
     per-episode state (a stateful policy, e.g. the runtime's action guard, runs one env at a time)."""
     return callable(getattr(policy, "act_batch", None)) and not getattr(policy, "stateful", False)
+
+
+def first_frame_moves(policy: Any, images: np.ndarray, instructions: Sequence[str], batch_size: int) -> np.ndarray:
+    """The (n, 2) xy moves of `policy` on n unrelated frames, in batches where it supports them; a
+    stateful policy is reset before every frame (each is a first frame)."""
+    if supports_batch(policy):
+        actions = np.concatenate([
+            np.asarray(policy.act_batch(images[i:i + batch_size], instructions[i:i + batch_size]),
+                       np.float64).reshape(len(images[i:i + batch_size]), -1)
+            for i in range(0, len(images), batch_size)])
+    else:
+        rows = []
+        for image, text in zip(images, instructions):
+            reset = getattr(policy, "reset", None)
+            if callable(reset):
+                reset()
+            rows.append(np.asarray(policy.act(image, text), np.float64).reshape(-1))
+        actions = np.stack(rows)
+    if actions.shape[1] < 2 or not np.all(np.isfinite(actions[:, :2])):
+        raise ActionValueError(f"the policy returned actions of shape {actions.shape} / non-finite xy; "
+                               "finite (x, y, ...) moves are needed")
+    return actions[:, :2]
 
 
 class VLAPolicyAdapter:

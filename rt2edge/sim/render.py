@@ -40,6 +40,12 @@ FLAG_STYLES: dict[str, tuple[str, tuple[tuple[int, int, int], ...]]] = {
 }
 
 
+def mat_fill_rgb(colour: str) -> np.ndarray:
+    """The uint8 RGB inside a mat of `colour`: its colour tinted towards the table."""
+    rgb, table = np.asarray(COLOURS[colour], dtype=np.float64), np.asarray(TABLE_RGB, dtype=np.float64)
+    return (0.55 * rgb + 0.45 * table).astype(np.uint8)
+
+
 class Renderer:
     def __init__(self, size: int = 64, supersample: int = 2):
         if not 16 <= size <= 1024:
@@ -114,15 +120,13 @@ class Renderer:
         """Draw what does not move (table, mats, flags); call once per reset."""
         canvas = np.empty((self.n, self.n, 3), dtype=np.uint8)
         canvas[:] = TABLE_RGB
-        table = np.asarray(TABLE_RGB, dtype=np.float64)
         for mat in scene.mats:
             rgb = np.asarray(COLOURS[mat.colour], dtype=np.float64)
             # a paler tint than the objects' colour, with a darker rim: a mat never looks like a
             # cube, and a red cube stays visible on the red mat
             self._rect(canvas, mat.x, mat.y, MAT_HALF, MAT_HALF, (0.7 * rgb).astype(np.uint8))
             inner = MAT_HALF - 0.012
-            pale = (0.55 * rgb + 0.45 * table).astype(np.uint8)
-            self._rect(canvas, mat.x, mat.y, inner, inner, pale)
+            self._rect(canvas, mat.x, mat.y, inner, inner, mat_fill_rgb(mat.colour))
         for flag in scene.flags:
             self._flag(canvas, flag)
         self._static = canvas
