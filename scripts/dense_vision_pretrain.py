@@ -29,6 +29,7 @@ from torch import nn
 
 from rt2edge.models.presets import PRESETS
 from rt2edge.sim import TabletopEnv
+from rt2edge.sim.experts import perturb_action
 from rt2edge.sim.world import COLOURS, COUNTRIES, SHAPES, START_Z
 
 COLOUR_IDS = {c: i for i, c in enumerate(COLOURS)}
@@ -56,8 +57,7 @@ DART_NOISE_M = 0.04  # metres of noise on each executed move: the gripper visits
 
 def noisy_expert_step(env: TabletopEnv, rng: np.random.Generator, move_noise: float = DART_NOISE_M) -> dict:
     """One step of the expert's move plus DART noise (never terminating); the new observation."""
-    action = env.expert_action().astype(np.float64)
-    action[:3] += rng.normal(0.0, move_noise, 3)
+    action = perturb_action(env.expert_action(), rng, additive=move_noise)
     action[7] = 0.0
     return env.step(action)[0]
 

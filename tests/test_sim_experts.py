@@ -131,3 +131,26 @@ def test_expert_goal_is_the_object_then_the_destination(family):
                 break
         assert terminated
     assert carried  # the held branch was exercised
+
+
+def test_perturb_action_noise_terms():
+    """DART noise: none set -> an equal float64 copy and no draw (the rng is untouched); each term
+    moves only what it names; the label is never modified."""
+    import numpy as np
+
+    from rt2edge.sim.experts import perturb_action
+
+    label = np.array([0.1, -0.05, 0.0, 0, 0, 0, 1.0, 0.0], dtype=np.float32)
+    rng = np.random.default_rng(3)
+    before = rng.bit_generator.state
+    clean = perturb_action(label, rng)
+    assert clean.dtype == np.float64 and np.array_equal(clean, label) and clean is not label
+    assert rng.bit_generator.state == before
+
+    scaled = perturb_action(label, np.random.default_rng(3), relative=0.3)
+    assert scaled[2] == 0.0 and not np.allclose(scaled[:2], label[:2])  # scaling keeps a still axis still
+    shifted = perturb_action(label, np.random.default_rng(3), additive=0.02)
+    assert shifted[2] != 0.0 and np.array_equal(shifted[3:], label[3:])
+    flipped = perturb_action(label, np.random.default_rng(3), gripper_flip=1.0)
+    assert flipped[6] == -1.0 and np.array_equal(flipped[:6], label[:6])
+    assert label[6] == 1.0 and label[2] == 0.0  # the label itself is unchanged

@@ -24,6 +24,7 @@ from rt2edge.atomic import atomic_write, atomic_write_json, atomic_write_jsonl, 
 from rt2edge.data.lerobot import DATA_PATH, IMAGE_KEY, DatasetError
 from rt2edge.errors import ConfigError
 from rt2edge.sim import ACTION_NAMES, STATE_NAMES, TabletopEnv
+from rt2edge.sim.experts import perturb_action
 from rt2edge.sim.language import check_families, check_split
 from rt2edge.sim.tasks import OBJECT_COUNTS, check_object_counts, check_start_anywhere
 
@@ -148,13 +149,8 @@ def _rollout(env: TabletopEnv, cfg: GenerateConfig, index: int, family: str):
             states.append(obs["state"])
             actions.append(action)
             executed = action.astype(np.float64)
-            if action[7] < 0.5:
-                if cfg.action_noise > 0:
-                    executed[:3] *= 1.0 + noise.normal(0.0, cfg.action_noise, 3)
-                if cfg.move_noise > 0:
-                    executed[:3] += noise.normal(0.0, cfg.move_noise, 3)
-                if cfg.gripper_noise > 0 and noise.uniform() < cfg.gripper_noise:
-                    executed[6] = -executed[6]
+            if action[7] < 0.5:  # a terminating step is executed as labelled
+                executed = perturb_action(action, noise, cfg.action_noise, cfg.move_noise, cfg.gripper_noise)
             obs, _, terminated, truncated, info = env.step(executed)
             successes.append(bool(info["success"]))
             if terminated or truncated:

@@ -127,6 +127,24 @@ def expert_action(scene: Scene, task: Task, max_step: float = MAX_STEP) -> np.nd
     return _move(scene, grasp, OPEN, max_step)
 
 
+def perturb_action(action: np.ndarray, rng: np.random.Generator, relative: float = 0.0,
+                   additive: float = 0.0, gripper_flip: float = 0.0) -> np.ndarray:
+    """DART noise on an action about to be executed (float64 copy; the label stays `action`).
+
+    xyz is scaled by 1 + N(0, relative), then shifted by N(0, additive) metres; the gripper
+    command is flipped with probability `gripper_flip`. Draws happen only for non-zero terms, in
+    that order, so a given rng and setting always perturbs the same way (datasets reproduce).
+    """
+    executed = np.asarray(action, dtype=np.float64).copy()
+    if relative > 0:
+        executed[:3] *= 1.0 + rng.normal(0.0, relative, 3)
+    if additive > 0:
+        executed[:3] += rng.normal(0.0, additive, 3)
+    if gripper_flip > 0 and rng.uniform() < gripper_flip:
+        executed[6] = -executed[6]
+    return executed
+
+
 class ScriptedExpert:
     """`expert(env)` -> the action for the env's current scene and task."""
 
