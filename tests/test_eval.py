@@ -216,3 +216,20 @@ def test_rt2edge_eval_command(tiny_checkpoint, tmp_path):
     bad = CliRunner().invoke(app, ["eval", str(tiny_checkpoint), "--families", "pick_extreme",
                                    "--language-probe", "5", "--json", str(tmp_path / "none.json")])
     assert bad.exit_code == 2 and "families" in bad.output and not (tmp_path / "none.json").exists()
+
+
+def test_rt2edge_eval_carry_probe(tiny_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from rt2edge.cli import app
+
+    args = ["eval", str(tiny_checkpoint), "--episodes", "1", "--max-steps", "2", "--families", "move_to_mat",
+            "--language-probe", "2", "--probe-phase", "carry", "--json", str(tmp_path / "r.json")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "language probe (2 seen-instruction carry frames): follows the named destination" in result.output
+    assert json.loads((tmp_path / "r.json").read_text())["language_probe"]["phase"] == "carry"
+    # refused before the evaluation runs, on the option that set it
+    for extra, option in ((["--probe-phase", "grasp"], "--probe-phase"), (["--families", "pick"], "--families")):
+        bad = CliRunner().invoke(app, args[:-2] + extra + ["--json", str(tmp_path / "none.json")])
+        assert bad.exit_code == 2 and option in bad.output and not (tmp_path / "none.json").exists()

@@ -11,6 +11,7 @@ from rt2edge.evaluation import ScriptedExpertPolicy, probe_language
 from rt2edge.sim import TabletopEnv
 from rt2edge.sim.experts import expert_action
 from rt2edge.sim.language import instructions_of
+from rt2edge.sim.world import COUNTRIES
 
 
 class ReadsTheInstruction:
@@ -100,3 +101,55 @@ def test_bad_probe_options_are_refused():
         probe_language(ScriptedExpertPolicy(), families=["pick_extreme"])
     with pytest.raises(ConfigError, match="object_counts"):
         probe_language(ScriptedExpertPolicy(), env_factory=lambda split: env, object_counts=(2,))
+
+
+class ReadsTheDestination:
+    """The expert heading for whichever destination the instruction names (the mat colour, the
+    flag's country or adjective, the object other than the one held)."""
+
+    def __init__(self, env):
+        self.env = env
+
+    def act(self, image, instruction):
+        scene, task = self.env.scene, self.env.task
+        if task.family == "move_to_mat":
+            named = {"mat_colour": next(m.colour for m in scene.mats if f"{m.colour} mat" in instruction)}
+        elif task.family == "move_to_flag":
+            named = {"country": next(f.country for f in scene.flags
+                                     if f.country in instruction or COUNTRIES[f.country] in instruction)}
+        else:
+            named = {"reference": next(j for j, o in enumerate(scene.objects)
+                                       if j != task.target and o.name in instruction)}
+        return expert_action(scene, dataclasses.replace(task, **named))
+
+
+def test_the_carry_phase_renames_the_destination_on_carry_frames():
+    env = TabletopEnv(object_counts=(3, 4))
+    reader = ReadsTheDestination(env)
+    held = []
+    act = reader.act
+    reader.act = lambda image, text: (held.append(env.scene.held == env.task.target), act(image, text))[1]
+    result = probe_language(reader, scenes=16, seed=3, env_factory=lambda split: env, phase="carry")
+    assert len(result.scenes) == 16 and result.follows == 1.0 and result.changes == 1.0
+    assert held and all(held)  # asked while the expert carries the task's object
+    assert {s.family for s in result.scenes} == {"move_near", "put_on", "move_to_mat", "move_to_flag"}
+    for s in result.scenes:
+        assert s.counterfactual in instructions_of(s.family, "train") and s.expert_named != s.expert_other
+        a, b = s.instruction.split(), s.counterfactual.split()
+        assert len(a) == len(b) and a[:4] == b[:4]  # "<verb> the <colour> <shape>": the object is kept
+    assert "follows the named destination 100%" in result.format_line()
+    assert result.to_dict()["phase"] == "carry"
+    # Blind to the text: it carries to the real destination whatever the instruction says.
+    blind = probe_language(ScriptedExpertPolicy(), scenes=16, seed=3, env_factory=lambda split: env, phase="carry")
+    assert blind.follows == 0.5 and blind.changes == 0.0
+    # The approach probe's object reader does not read destinations: it follows them at chance.
+    object_reader = probe_language(ReadsTheInstruction(env), scenes=16, seed=3, env_factory=lambda split: env,
+                                   phase="carry")
+    assert object_reader.follows < 1.0
+
+
+def test_bad_carry_probe_options_are_refused():
+    with pytest.raises(ConfigError, match="phase"):
+        probe_language(ScriptedExpertPolicy(), phase="grasp")
+    with pytest.raises(ConfigError, match="destination"):
+        probe_language(ScriptedExpertPolicy(), families=["pick", "pick_extreme"], phase="carry")

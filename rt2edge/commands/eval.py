@@ -39,6 +39,10 @@ def register(app: typer.Typer) -> None:
                                                 "instructions, whatever --split) with the real instruction "
                                                 "and one naming another object: does it follow the "
                                                 "instruction? (0: skip)"),
+        probe_phase: str = typer.Option("approach", "--probe-phase",
+                                        help="What --language-probe renames: the object to move on the "
+                                             "first frame (approach), or its destination on the first "
+                                             "frame the expert carries it (carry)."),
         agreement: int = typer.Option(0, "--expert-agreement", min=0,
                                       help="Also run this many scenes (seen instructions, --families, "
                                            "--objects) driven by the scripted expert and by the policy, "
@@ -61,21 +65,21 @@ def register(app: typer.Typer) -> None:
                 policy = load_policy(policy_path, providers=providers)
                 family_list = None if families is None else [f.strip() for f in families.split(",")]
                 counts = None if objects is None else int_list(objects, "object_counts")
-                if language_probe:
-                    probe_families(family_list)  # refuse a family list it cannot probe before the evaluation
+                if language_probe:  # refuse a family list or phase it cannot probe before the evaluation
+                    probe_families(family_list, probe_phase)
                 result = evaluate(policy, episodes=episodes, seed=seed, splits=SPLIT_CHOICES[split],
                                   families=family_list, num_envs=num_envs, max_steps=max_steps,
                                   record=gif is not None, object_counts=counts)
                 if language_probe:
                     result.language_probe = probe_language(policy, scenes=language_probe, seed=seed,
                                                            families=family_list, object_counts=counts,
-                                                           batch_size=num_envs)
+                                                           batch_size=num_envs, phase=probe_phase)
                 if agreement:
                     result.expert_agreement = expert_agreement(
                         policy, episodes=agreement, seed=seed, families=family_list, num_envs=num_envs,
                         max_steps=max_steps, object_counts=counts)
             except ConfigError as exc:
-                raise bad_option(exc, {"object_counts": "objects"}) from exc
+                raise bad_option(exc, {"object_counts": "objects", "phase": "probe-phase"}) from exc
         typer.echo(result.format_table())
         if json_out is not None:
             typer.echo(f"results: {result.save_json(json_out)}")

@@ -14,6 +14,11 @@ Reported: `follows` = fraction of asks whose xy move is closer to the expert's m
 object than to its move for the other one (ties count against: a move both would make says
 nothing; a language-blind policy scores <= ~0.5), and `changes` = fraction of scenes where
 renaming the object changed the policy's xy move at all (the expert: 1.0 on these scenes).
+
+phase="carry" asks the same question after the grasp: on the first frame where the expert carries
+the object (held, moving in x / y), the counterfactual names another destination of the scene (the
+other mat or flag, another reference object). A policy that heads for the object but not for the
+destination reads the first phrase of the instruction and not the second (README item 14).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from rt2edge.evaluation.rollout import resolve_env_factory
 
 PROBE_STREAM = 0x1A96  # salts the probe's scene seeds: not the evaluation's, not the data's
 MAX_TRIES_PER_SCENE = 20  # draws per wanted scene before giving up (crowded or 1-object scenes)
+PHASES = ("approach", "carry")  # ask on the first frame / on the first frame of the carry
+CARRY_SEARCH_STEPS = 30  # expert steps allowed to reach the carry (its episodes take <= 30)
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class LanguageProbeResult:
     seed: int
     scenes: list[ProbeScene] = field(default_factory=list)
     safe_fallbacks: int | None = None  # deploy artifacts: asks answered with the safe action
+    phase: str = "approach"  # what was renamed: the object to move, or (carry) its destination
 
     @staticmethod
     def _rates(scenes: Sequence[ProbeScene]) -> dict[str, float]:
@@ -79,14 +87,15 @@ class LanguageProbeResult:
         return {family: self._rates(group) for family, group in sorted(groups.items())}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy, "seed": self.seed, **self._rates(self.scenes),
+        return {"policy": self.policy, "seed": self.seed, "phase": self.phase, **self._rates(self.scenes),
                 "safe_fallbacks": self.safe_fallbacks,
                 "per_family": self.per_family(),
                 "scene_records": [dataclasses.asdict(s) for s in self.scenes]}
 
     def format_line(self) -> str:
         r = self._rates(self.scenes)
-        line = (f"language probe ({r['scenes']} seen-instruction scenes): follows the named object "
+        where, what = (("scenes", "object") if self.phase == "approach" else ("carry frames", "destination"))
+        line = (f"language probe ({r['scenes']} seen-instruction {where}): follows the named {what} "
                 f"{r['follows']:.0%} (language-blind <= ~50%), move changes with the name {r['changes']:.0%}")
         return line + (f", {self.safe_fallbacks} safe-fallback actions" if self.safe_fallbacks else "")
 
@@ -96,13 +105,23 @@ def _closer(move: Sequence[float], named: Sequence[float], other: Sequence[float
     return float(np.abs(move - named).sum()) < float(np.abs(move - other).sum())
 
 
-def probe_families(families: Sequence[str] | None) -> list[str]:
-    """The given families (default: all) whose instructions name the object to move ({x});
-    ConfigError when none does (callers check before a long evaluation)."""
+def probe_families(families: Sequence[str] | None, phase: str = "approach") -> list[str]:
+    """The given families (default: all) the probe can ask about: for "approach" those whose
+    instructions name the object to move ({x}), for "carry" those that also name a destination.
+    ConfigError when none can (callers check before a long evaluation)."""
+    from rt2edge.sim.experts import DESTINATIONS
     from rt2edge.sim.language import TEMPLATES, check_families, placeholders
 
+    if phase not in PHASES:
+        raise ConfigError("phase", f"must be one of {PHASES}, got {phase!r}")
     wanted = [f for f in check_families(families) if all("x" in placeholders(t) for t in TEMPLATES[f]["train"])]
+    if phase == "carry":
+        wanted = [f for f in wanted if DESTINATIONS[f] is not None]
     if not wanted:
+        if phase == "carry":
+            raise ConfigError("families", "none of them names a destination (pick and pick_extreme lift in "
+                                          "place); the carry probe needs move_near, put_on, move_to_mat or "
+                                          "move_to_flag")
         raise ConfigError("families", "none of them names the object to move (pick_extreme does not); "
                                       "the probe needs e.g. pick, move_near, put_on, move_to_mat, move_to_flag")
     return wanted
@@ -132,21 +151,71 @@ def _counterfactual(env: Any) -> tuple[str, Any] | None:
     return None
 
 
+def _destination_counterfactual(env: Any) -> tuple[str, Any] | None:
+    """(the instruction naming another destination of the scene, the task for it) or None.
+
+    The other mat / flag of the scene, or another object as the reference (with a name of its own
+    that the split may name as a reference). The sentence is the task's template filled again,
+    so only the destination's words change and it is an instruction of the same split.
+    """
+    from rt2edge.sim.language import fill, reference_combos
+    from rt2edge.sim.world import COUNTRIES
+
+    scene, task = env.scene, env.task
+    mover = scene.objects[task.target].name
+    if task.family == "move_to_mat":
+        current = {"c": task.mat_colour}
+        options = [({"c": m.colour}, {"mat_colour": m.colour}) for m in scene.mats if m.colour != task.mat_colour]
+    elif task.family == "move_to_flag":
+        current = {"k": task.country, "a": COUNTRIES[task.country]}
+        options = [({"k": f.country, "a": COUNTRIES[f.country]}, {"country": f.country})
+                   for f in scene.flags if f.country != task.country]
+    else:  # move_near, put_on: another object as the reference
+        names = [o.name for o in scene.objects]
+        allowed = {f"{c} {s}" for c, s in reference_combos(env.sampler.split)}
+        current = {"y": scene.objects[task.reference].name}
+        options = [({"y": o.name}, {"reference": j}) for j, o in enumerate(scene.objects)
+                   if j not in (task.target, task.reference) and names.count(o.name) == 1
+                   and o.name in allowed and o.name not in task.instruction]
+    if not options or fill(task.template, x=mover, **current) != task.instruction:
+        return None
+    words, fields = options[0]
+    text = fill(task.template, x=mover, **words)
+    return text, dataclasses.replace(task, instruction=text, **fields)
+
+
+def _first_carry_frame(env: Any, obs: dict) -> dict | None:
+    """Step the scripted expert (no noise) to the first frame where it holds the task's object and
+    moves it in x / y; that frame's observation, or None if the episode ends first."""
+    from rt2edge.sim.experts import expert_action
+
+    for _ in range(CARRY_SEARCH_STEPS):
+        action = expert_action(env.scene, env.task, env.max_step)
+        if env.scene.held == env.task.target and np.any(action[:2]):
+            return obs
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            return None
+    return None
+
+
 def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "train",
                    families: Sequence[str] | None = None, object_counts: Sequence[int] | None = None,
                    image_size: int | None = None, batch_size: int = 8,
-                   env_factory: Callable[[str], Any] | None = None) -> LanguageProbeResult:
+                   env_factory: Callable[[str], Any] | None = None, phase: str = "approach") -> LanguageProbeResult:
     """Ask `policy` on `scenes` first frames with the real and a counterfactual instruction.
 
     Only scenes where the expert's first moves for the two objects differ are kept (otherwise
     the two asks cannot be told apart). policy: an ActionPolicy (see policies.py). batch_size:
-    asks per `act_batch` call (batched policies; the evaluator's num_envs).
+    asks per `act_batch` call (batched policies; the evaluator's num_envs). phase: "approach"
+    renames the object to move on the scene's first frame; "carry" renames its destination on the
+    first frame the expert carries it (see the module docstring).
     """
     from rt2edge.sim.experts import expert_action
 
     check_int("scenes", scenes, 1)
     check_int("batch_size", batch_size, 1)
-    wanted = probe_families(families)
+    wanted = probe_families(families, phase)
     # default: the env `evaluate` makes (its object counts and image size unless given)
     env = resolve_env_factory(env_factory, image_size, None, object_counts)(split)
     attach = getattr(policy, "attach_env", None)
@@ -162,7 +231,11 @@ def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "
         family = wanted[draw % len(wanted)]
         env_seed = int(np.random.SeedSequence([PROBE_STREAM, seed, draw]).generate_state(1)[0])
         obs, _ = env.reset(seed=env_seed, options={"family": family})
-        other = _counterfactual(env)
+        if phase == "carry":
+            obs = _first_carry_frame(env, obs)
+            if obs is None:
+                continue
+        other = _counterfactual(env) if phase == "approach" else _destination_counterfactual(env)
         if other is None:
             continue
         text, other_task = other
@@ -174,7 +247,7 @@ def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "
         if not batched:
             asked.append(first_frame_moves(policy, np.stack([obs["image"]] * 2), [env.instruction, text], batch_size))
     if not found:
-        raise ConfigError("object_counts", f"no scene of {wanted} had a second nameable object in "
+        raise ConfigError("object_counts", f"no scene of {wanted} had a second nameable {'object' if phase == 'approach' else 'destination'} in "
                                            f"{scenes * MAX_TRIES_PER_SCENE} draws; use >= 2 objects (>= 3 for "
                                            "move_near / put_on)")
     if batched:
@@ -183,7 +256,7 @@ def probe_language(policy: Any, scenes: int = 100, seed: int = 0, split: str = "
                           first_frame_moves(policy, images, [f[4] for f in found], batch_size)], axis=1)
     else:
         moves = np.stack(asked)
-    result = LanguageProbeResult(policy=str(getattr(policy, "name", type(policy).__name__)), seed=seed)
+    result = LanguageProbeResult(policy=str(getattr(policy, "name", type(policy).__name__)), seed=seed, phase=phase)
     if fallbacks_before is not None:  # a deploy artifact: its safe actions (zero moves) look language-blind
         result.safe_fallbacks = int(policy.safe_fallbacks) - int(fallbacks_before)
     for (family, env_seed, _, text, cf, en, eo), (pn, po) in zip(found, moves):
