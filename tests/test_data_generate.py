@@ -197,3 +197,49 @@ def test_datasets_from_before_move_noise_resume(tmp_path):
     del meta["recipe"]["move_noise"]  # a dataset written before the field existed
     path.write_text(json.dumps(meta))
     assert generate(GenerateConfig(out=str(root), episodes=2, seed=5)).reused == 1
+
+
+def test_relabeled_carries_head_for_the_destination_their_instruction_names(tmp_path):
+    """--relabel-carry: each destination family is followed by an episode of carry frames only
+    (the object held), labelled for another mat / flag of the scene under the instruction naming
+    it: every move heads for that destination, not the one the expert carried to."""
+    from rt2edge.sim.world import COUNTRIES
+
+    root = tmp_path / "relabel"
+    report = generate(GenerateConfig(out=str(root), episodes=8, seed=2, families=("move_to_mat", "move_to_flag"),
+                                     action_noise=0.3, relabel_carry=True))
+    assert report.expert_success_rate == 1.0  # relabeled episodes are not counted as the expert's runs
+    meta = [json.loads(x) for x in (root / "meta/episodes.jsonl").read_text().splitlines()]
+    assert [m.get("relabeled", False) for m in meta] == [False, True] * 4
+    assert [m["success"] for m in meta] == [True, False] * 4
+    generation = json.loads((root / "meta/generation.json").read_text())
+    assert generation["relabeled_episodes"] == 4 and generation["expert"]["episodes"] == 4
+    ds = EpisodeDataset(root)
+    holding = ds.state_names.index("holding")
+    env = TabletopEnv()
+    heading = 0
+    for m in meta[1::2]:
+        env.reset(seed=m["seed"], options={"family": m["family"]})  # the scene the carry was in
+        text, scene, task = m["tasks"][0], env.scene, env.task
+        if m["family"] == "move_to_mat":
+            (colour,) = [c.colour for c in scene.mats if f"{c.colour} mat" in text]
+            assert colour != task.mat_colour
+            goal = np.array([scene.mat(colour).x, scene.mat(colour).y])
+        else:
+            (country,) = [f.country for f in scene.flags if f.country in text or COUNTRIES[f.country] in text]
+            assert country != task.country
+            goal = np.array([scene.flag(country).x, scene.flag(country).y])
+        rows = np.asarray(ds.episode_index) == m["episode_index"]
+        states, actions = np.asarray(ds.states)[rows], np.asarray(ds.actions)[rows]
+        assert len(actions) == m["length"] and np.all(states[:, holding] == 1.0)
+        assert np.all(actions[:, 6] == 1.0) and not np.any(actions[:, 7])  # keep holding, never done
+        for state, action in zip(states, actions):
+            moving = np.abs(action[:2]) > 0
+            assert np.all(np.sign(action[:2][moving]) == np.sign((goal - state[:2])[moving]))
+            heading += int(moving.any())
+    assert heading >= 8
+    # the recipe records it: resuming without the option is refused
+    with pytest.raises(ConfigError) as exc:
+        generate(GenerateConfig(out=str(root), episodes=9, seed=2, families=("move_to_mat", "move_to_flag"),
+                                action_noise=0.3))
+    assert exc.value.field == "relabel_carry"

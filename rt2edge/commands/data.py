@@ -39,6 +39,10 @@ def register(app: typer.Typer) -> None:
         start_anywhere: float = typer.Option(0.0, "--start-anywhere",
                                              help="Probability that an episode's gripper starts over a random "
                                                   "point of the table instead of near the robot's base."),
+        relabel_carry: bool = typer.Option(False, "--relabel-carry/--no-relabel-carry",
+                                           help="Follow each family with a destination by an episode of "
+                                                "carry frames labelled for another destination of the "
+                                                "scene, under the instruction naming it (marked relabeled)."),
         max_steps: int = typer.Option(60, "--max-steps"),
     ) -> None:
         """Run the scripted expert and write successful episodes as a LeRobot dataset."""
@@ -50,7 +54,7 @@ def register(app: typer.Typer) -> None:
                 families=None if families is None else tuple(f.strip() for f in families.split(",")),
                 object_counts=tuple(int_list(objects, "object_counts")),
                 action_noise=action_noise, move_noise=move_noise, gripper_noise=gripper_noise,
-                start_anywhere=start_anywhere, max_steps=max_steps,
+                start_anywhere=start_anywhere, relabel_carry=relabel_carry, max_steps=max_steps,
             )
 
             def progress(done: int, total: int) -> None:

@@ -1,7 +1,8 @@
 """`rt2edge data generate`: scripted-expert episodes written as a LeRobot dataset.
 
-Deterministic and resumable: episode i is a pure function of (recipe, i) — its family is
-families[i % len], its reset seed comes from SeedSequence([seed, i, attempt]) — so a run that
+Deterministic and resumable: episode i is a pure function of (recipe, i) — its family (and
+whether it is a relabeled carry) is episode_plan(...)[i % len], its reset seed comes from
+SeedSequence([seed, i, attempt]) — so a run that
 was interrupted and resumed writes exactly the bytes a one-shot run writes. A finished episode
 is one whose parquet file exists (files are written atomically); it is read back, not redone.
 Only successful expert episodes are kept; failed attempts are retried with the next attempt seed
@@ -24,14 +25,16 @@ from rt2edge.atomic import atomic_write, atomic_write_json, atomic_write_jsonl, 
 from rt2edge.data.lerobot import DATA_PATH, IMAGE_KEY, DatasetError
 from rt2edge.errors import ConfigError
 from rt2edge.sim import ACTION_NAMES, STATE_NAMES, TabletopEnv
-from rt2edge.sim.experts import perturb_action
+from rt2edge.sim.experts import DESTINATIONS, expert_action, perturb_action
 from rt2edge.sim.language import check_families, check_split
-from rt2edge.sim.tasks import OBJECT_COUNTS, check_object_counts, check_start_anywhere
+from rt2edge.sim.tasks import (
+    OBJECT_COUNTS, check_object_counts, check_start_anywhere, counterfactual_destinations,
+)
 
 GENERATION_FILE = "meta/generation.json"
 # Fields of the recipe that decide what an episode contains; a resumed run must match them.
 RECIPE_FIELDS = ("seed", "image_size", "split", "families", "object_counts", "max_steps",
-                 "action_noise", "move_noise", "gripper_noise", "start_anywhere",
+                 "action_noise", "move_noise", "gripper_noise", "start_anywhere", "relabel_carry",
                  "max_attempts", "fps", "chunks_size")
 
 
@@ -65,6 +68,14 @@ class GenerateConfig:
     # Probability that an episode's gripper starts over a random point of the table instead of
     # near the robot's base: approaches from every side (rt2edge.sim.tasks.check_start_anywhere).
     start_anywhere: float = 0.0
+    # Counterfactual carries: each family with a destination is followed, in the cycle of
+    # families, by an episode holding only the carry frames of an expert run (the object held)
+    # labelled with the expert's action for another destination of the scene, under the
+    # instruction that names it (rt2edge.sim.tasks.counterfactual_destinations). A policy cloned
+    # from expert runs alone can carry without reading the destination (README item 15: its move
+    # did not change with the destination's name); in these frames only the name tells the two
+    # labels apart. Such episodes are marked `relabeled` and `success: false`.
+    relabel_carry: bool = False
     max_attempts: int = 20
     fps: int = 10
     chunks_size: int = 1000
@@ -88,6 +99,8 @@ class GenerateConfig:
         check_finite("move_noise", self.move_noise, 0.0, 0.1)  # metres
         check_finite("gripper_noise", self.gripper_noise, 0.0, 0.5)
         object.__setattr__(self, "start_anywhere", check_start_anywhere(self.start_anywhere))
+        if not isinstance(self.relabel_carry, bool):
+            raise ConfigError("relabel_carry", f"must be true or false, got {self.relabel_carry!r}")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts", f"must be >= 1, got {self.max_attempts}")
         if self.fps < 1:
@@ -136,30 +149,54 @@ def _check_recipe(root: Path, cfg: GenerateConfig) -> None:
                                    f"{recorded!r}; use the same value to resume, or a new --out")
 
 
-def _rollout(env: TabletopEnv, cfg: GenerateConfig, index: int, family: str):
-    """Run the expert until one attempt succeeds. Returns (columns, info) or raises."""
+def episode_plan(families: tuple[str, ...], relabel_carry: bool) -> list[tuple[str, bool]]:
+    """The cycle episode i is drawn from: (family, relabeled) = plan[i % len(plan)]."""
+    plan = []
+    for family in families:
+        plan.append((family, False))
+        if relabel_carry and DESTINATIONS[family] is not None:
+            plan.append((family, True))
+    return plan
+
+
+def _rollout(env: TabletopEnv, cfg: GenerateConfig, index: int, family: str, relabeled: bool = False):
+    """Run the expert until one attempt succeeds. Returns (columns, info) or raises.
+
+    relabeled: keep only the frames that hold the task's object, labelled with the expert's action
+    for another destination (drawn per attempt; an attempt whose scene has none is retried)."""
     for attempt in range(cfg.max_attempts):
         seed = episode_seed(cfg.seed, index, attempt)
         obs, _ = env.reset(seed=seed, options={"family": family})
         noise = np.random.default_rng([cfg.seed, index, attempt, 1])
+        labelled_task = env.task
+        if relabeled:
+            others = counterfactual_destinations(env.scene, env.task, cfg.split)
+            if not others:
+                continue
+            labelled_task = others[int(np.random.default_rng([cfg.seed, index, attempt, 2]).integers(len(others)))]
         images, states, actions, successes = [], [], [], []
         while True:
             action = env.expert_action()
-            images.append(obs["image"])
-            states.append(obs["state"])
-            actions.append(action)
+            keep = not relabeled or env.scene.held == env.task.target
+            if keep:
+                images.append(obs["image"])
+                states.append(obs["state"])
+                actions.append(expert_action(env.scene, labelled_task, env.max_step) if relabeled else action)
             executed = action.astype(np.float64)
             if action[7] < 0.5:  # a terminating step is executed as labelled
                 executed = perturb_action(action, noise, cfg.action_noise, cfg.move_noise, cfg.gripper_noise)
             obs, _, terminated, truncated, info = env.step(executed)
-            successes.append(bool(info["success"]))
+            if keep:  # a relabeled carry never reaches its (other) destination
+                successes.append(bool(info["success"]) and not relabeled)
             if terminated or truncated:
                 break
-        if terminated and successes[-1]:
+        if terminated and info["success"] and actions:
             columns = {"images": np.stack(images), "states": np.stack(states),
                        "actions": np.stack(actions).astype(np.float32), "successes": successes}
             meta = {"seed": seed, "attempts": attempt + 1, "family": family,
-                    "instruction": env.instruction, "template": env.task.template}
+                    "instruction": labelled_task.instruction, "template": env.task.template}
+            if relabeled:
+                meta["relabeled"] = True
             return columns, meta
     raise RuntimeError(
         f"the scripted expert failed {cfg.max_attempts} attempts in a row on episode {index} "
@@ -171,9 +208,11 @@ def _write_episode(path: Path, cfg: GenerateConfig, feats: dict[str, Any], index
                    meta: dict[str, Any]) -> dict[str, Any]:
     n = len(columns["actions"])
     record = {
-        "episode_index": index, "tasks": [meta["instruction"]], "length": n, "success": True,
+        "episode_index": index, "tasks": [meta["instruction"]], "length": n,
+        "success": not meta.get("relabeled", False),
         "family": meta["family"], "template": meta["template"], "seed": meta["seed"],
         "attempts": meta["attempts"], "task_index": task_index, "index_offset": offset,
+        **({"relabeled": True} if meta.get("relabeled") else {}),
         "stats": {
             "action": lerobot.vector_stats(columns["actions"]),
             "observation.state": lerobot.vector_stats(columns["states"]),
@@ -213,9 +252,10 @@ def generate(cfg: GenerateConfig,
     tasks: dict[str, int] = {}
     records: list[dict[str, Any]] = []
     offset = generated = 0
+    plan = episode_plan(families, cfg.relabel_carry)
     for index in range(cfg.episodes):
         path = root / DATA_PATH.format(episode_chunk=index // cfg.chunks_size, episode_index=index)
-        family = families[index % len(families)]
+        family, relabeled = plan[index % len(plan)]
         if path.exists():
             record = lerobot.read_episode_record(path)
             task_index = tasks.setdefault(record["tasks"][0], len(tasks))
@@ -224,7 +264,7 @@ def generate(cfg: GenerateConfig,
                 raise DatasetError(str(path), "does not fit the episodes before it; delete it "
                                               "(and later ones) to regenerate")
         else:
-            columns, meta = _rollout(env, cfg, index, family)
+            columns, meta = _rollout(env, cfg, index, family, relabeled)
             task_index = tasks.setdefault(meta["instruction"], len(tasks))
             record = _write_episode(path, cfg, feats, index, offset, task_index, columns, meta)
             generated += 1
@@ -255,23 +295,25 @@ def _finalize(root: Path, cfg: GenerateConfig, feats: dict[str, Any],
     atomic_write_jsonl(root / "meta/tasks.jsonl", ({"task_index": i, "task": t} for t, i in by_index))
     atomic_write_jsonl(root / "meta/episodes.jsonl", (
         {k: r[k] for k in ("episode_index", "tasks", "length", "success", "family", "template",
-                           "seed", "attempts")} for r in records))
+                           "seed", "attempts", "relabeled") if k in r} for r in records))
     atomic_write_jsonl(root / "meta/episodes_stats.jsonl", (
         {"episode_index": r["episode_index"], "stats": {
             "action": r["stats"]["action"], "observation.state": r["stats"]["observation.state"],
             IMAGE_KEY: lerobot.image_stats([r["stats"]["image_moments"]])}} for r in records))
     atomic_write_json(root / "meta/stats.json", stats)
-    attempts = int(sum(r["attempts"] for r in records))
+    expert_runs = [r for r in records if not r.get("relabeled")]  # what the expert was asked to do
+    attempts = int(sum(r["attempts"] for r in expert_runs))
     per_family: dict[str, dict[str, float]] = {}
     for fam in check_families(cfg.families):
-        rows = [r for r in records if r["family"] == fam]
+        rows = [r for r in expert_runs if r["family"] == fam]
         tried = sum(r["attempts"] for r in rows)
         per_family[fam] = {"episodes": len(rows), "attempts": tried,
                            "success_rate": len(rows) / tried if tried else float("nan")}
     atomic_write_json(root / GENERATION_FILE, {
         "recipe": cfg.recipe(),
-        "expert": {"episodes": len(records), "attempts": attempts,
-                   "success_rate": len(records) / attempts, "per_family": per_family},
+        "expert": {"episodes": len(expert_runs), "attempts": attempts,
+                   "success_rate": len(expert_runs) / attempts, "per_family": per_family},
+        "relabeled_episodes": len(records) - len(expert_runs),
     })
     n_chunks = (cfg.episodes + cfg.chunks_size - 1) // cfg.chunks_size
     atomic_write_json(root / "meta/info.json", {
@@ -292,6 +334,6 @@ def _finalize(root: Path, cfg: GenerateConfig, feats: dict[str, Any],
     data_bytes = sum(p.stat().st_size for p in paths)
     return GenerateReport(
         out=str(root), episodes=len(records), frames=frames, generated=0, reused=0,
-        attempts=attempts, expert_success_rate=len(records) / attempts, per_family=per_family,
+        attempts=attempts, expert_success_rate=len(expert_runs) / attempts, per_family=per_family,
         bytes_per_frame=data_bytes / max(frames, 1),
     )

@@ -152,36 +152,11 @@ def _counterfactual(env: Any) -> tuple[str, Any] | None:
 
 
 def _destination_counterfactual(env: Any) -> tuple[str, Any] | None:
-    """(the instruction naming another destination of the scene, the task for it) or None.
+    """(the instruction naming another destination of the scene, the task for it) or None."""
+    from rt2edge.sim.tasks import counterfactual_destinations
 
-    The other mat / flag of the scene, or another object as the reference (with a name of its own
-    that the split may name as a reference). The sentence is the task's template filled again,
-    so only the destination's words change and it is an instruction of the same split.
-    """
-    from rt2edge.sim.language import fill, reference_combos
-    from rt2edge.sim.world import COUNTRIES
-
-    scene, task = env.scene, env.task
-    mover = scene.objects[task.target].name
-    if task.family == "move_to_mat":
-        current = {"c": task.mat_colour}
-        options = [({"c": m.colour}, {"mat_colour": m.colour}) for m in scene.mats if m.colour != task.mat_colour]
-    elif task.family == "move_to_flag":
-        current = {"k": task.country, "a": COUNTRIES[task.country]}
-        options = [({"k": f.country, "a": COUNTRIES[f.country]}, {"country": f.country})
-                   for f in scene.flags if f.country != task.country]
-    else:  # move_near, put_on: another object as the reference
-        names = [o.name for o in scene.objects]
-        allowed = {f"{c} {s}" for c, s in reference_combos(env.sampler.split)}
-        current = {"y": scene.objects[task.reference].name}
-        options = [({"y": o.name}, {"reference": j}) for j, o in enumerate(scene.objects)
-                   if j not in (task.target, task.reference) and names.count(o.name) == 1
-                   and o.name in allowed and o.name not in task.instruction]
-    if not options or fill(task.template, x=mover, **current) != task.instruction:
-        return None
-    words, fields = options[0]
-    text = fill(task.template, x=mover, **words)
-    return text, dataclasses.replace(task, instruction=text, **fields)
+    others = counterfactual_destinations(env.scene, env.task, env.sampler.split)
+    return (others[0].instruction, others[0]) if others else None
 
 
 def _first_carry_frame(env: Any, obs: dict) -> dict | None:

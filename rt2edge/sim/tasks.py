@@ -7,6 +7,7 @@ sampler draws a layout that makes the task well posed: named objects are unique 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,6 +87,39 @@ SUCCESS: dict[str, Callable[[Scene, Task], bool]] = {
 
 def is_success(scene: Scene, task: Task) -> bool:
     return bool(SUCCESS[task.family](scene, task))
+
+
+# ----------------------------------------------------------------------------- counterfactuals
+def counterfactual_destinations(scene: Scene, task: Task, split: str) -> list[Task]:
+    """The task with each other destination the scene offers: the other mat / flag, or another
+    object as the reference (with a name of its own, one `split` may name as a reference). The
+    instruction is the task's template filled again, so only the destination's words change and it
+    is an instruction of the same split. [] for families without a destination, or when the
+    instruction is not its template's (a hand-made task)."""
+    mover = scene.objects[task.target].name
+    if task.family == "move_to_mat":
+        current = {"c": task.mat_colour}
+        options = [({"c": m.colour}, {"mat_colour": m.colour}) for m in scene.mats if m.colour != task.mat_colour]
+    elif task.family == "move_to_flag":
+        current = {"k": task.country, "a": COUNTRIES[task.country]}
+        options = [({"k": f.country, "a": COUNTRIES[f.country]}, {"country": f.country})
+                   for f in scene.flags if f.country != task.country]
+    elif task.family in ("move_near", "put_on"):
+        names = [o.name for o in scene.objects]
+        allowed = {f"{c} {s}" for c, s in language.reference_combos(split)}
+        current = {"y": scene.objects[task.reference].name}
+        options = [({"y": o.name}, {"reference": j}) for j, o in enumerate(scene.objects)
+                   if j not in (task.target, task.reference) and names.count(o.name) == 1
+                   and o.name in allowed and o.name not in task.instruction]
+    else:
+        return []
+    if language.fill(task.template, x=mover, **current) != task.instruction:
+        return []
+    out = []
+    for words, fields in options:
+        text = language.fill(task.template, x=mover, **words)
+        out.append(dataclasses.replace(task, instruction=text, **fields))
+    return out
 
 
 # ----------------------------------------------------------------------------- sampling
