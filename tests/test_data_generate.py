@@ -139,7 +139,7 @@ def test_resume_with_another_recipe_is_refused(dataset, tmp_path):
     ({"gripper_noise": 0.6}, "gripper_noise"), ({"gripper_noise": -0.01}, "gripper_noise"),
     ({"start_anywhere": -0.1}, "start_anywhere"), ({"gripper_noise": "0.1"}, "gripper_noise"),
     ({"move_noise": float("nan")}, "move_noise"),
-    ({"max_attempts": 0}, "max_attempts"),
+    ({"max_attempts": 0}, "max_attempts"), ({"relabel_carry": "yes"}, "relabel_carry"),
 ])
 def test_bad_config_names_the_field(kwargs, field, tmp_path):
     with pytest.raises(ConfigError) as exc:

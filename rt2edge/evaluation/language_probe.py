@@ -18,7 +18,7 @@ renaming the object changed the policy's xy move at all (the expert: 1.0 on thes
 phase="carry" asks the same question after the grasp: on the first frame where the expert carries
 the object (held, moving in x / y), the counterfactual names another destination of the scene (the
 other mat or flag, another reference object). A policy that heads for the object but not for the
-destination reads the first phrase of the instruction and not the second (README item 14).
+destination reads the first phrase of the instruction and not the second (README item 15).
 """
 
 from __future__ import annotations
