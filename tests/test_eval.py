@@ -17,6 +17,7 @@ from rt2edge.evaluation import (
     episode_seed,
     evaluate,
     save_rollout,
+    wilson_interval,
 )
 from rt2edge.errors import ActionValueError, ArtifactError, ConfigError
 from rt2edge.evaluation.policies import load_policy
@@ -36,6 +37,21 @@ def test_scripted_expert_solves_seen_and_heldout_tasks():
     assert len(result.rollout_frames) == result.rollout_episode.steps + 1
 
 
+def test_wilson_interval_matches_published_values_and_stays_in_range():
+    # Reference values: Newcombe (1998), Table I (Wilson score, 95%): 0/10 -> 0-0.2775, 81/263 -> 0.2553-0.3662,
+    # 15/148 -> 0.0624-0.1605
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert wilson_interval(15, 148) == pytest.approx((0.0624, 0.1605), abs=1e-4)
+    low, high = wilson_interval(10, 10)
+    assert low == pytest.approx(0.7225, abs=1e-4) and high == pytest.approx(1.0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    narrow, wide = wilson_interval(300, 600), wilson_interval(30, 60)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]  # more episodes, tighter interval
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)
+
+
 def test_results_are_deterministic_for_a_seed_and_serializable(tmp_path):
     a = evaluate(ScriptedExpertPolicy(), episodes=4, seed=3, splits=["heldout"], record=False)
     b = evaluate(ScriptedExpertPolicy(), episodes=4, seed=3, splits=["heldout"], record=False)
@@ -43,8 +59,10 @@ def test_results_are_deterministic_for_a_seed_and_serializable(tmp_path):
     assert a.episodes == b.episodes
     assert [e.instruction for e in a.episodes] != [e.instruction for e in c.episodes]
     data = json.loads(a.save_json(tmp_path / "r.json").read_text())
-    assert data["splits"]["heldout"]["overall"]["episodes"] == 4
-    assert "heldout success" in a.format_table()
+    overall = data["splits"]["heldout"]["overall"]
+    assert overall["episodes"] == 4
+    assert overall["success_ci95"] == pytest.approx(list(wilson_interval(overall["successes"], 4)))
+    assert "heldout success" in a.format_table() and "95% interval" in a.format_table()
     # evaluation scenes are not the data generator's scenes (its seeds: SeedSequence([seed, i, attempt]))
     gen = int(np.random.SeedSequence([0, 0, 0]).generate_state(1)[0])
     assert episode_seed(0, "train", 0) != gen

@@ -22,7 +22,7 @@ from rt2edge.evaluation.policies import (
 )
 from rt2edge.evaluation.expert_agreement import ExpertAgreementResult, expert_agreement
 from rt2edge.evaluation.language_probe import LanguageProbeResult, probe_language
-from rt2edge.evaluation.results import EpisodeResult, EvaluationResult, GroupSummary
+from rt2edge.evaluation.results import EpisodeResult, EvaluationResult, GroupSummary, wilson_interval
 from rt2edge.evaluation.rollout import SPLITS, episode_seed, evaluate
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
     "GroupSummary", "expert_agreement",
     "LanguageProbeResult", "probe_language",
     "SPLITS", "ScriptedExpertPolicy", "VLAPolicyAdapter", "episode_seed", "evaluate", "load_policy",
-    "save_rollout", "supports_batch",
+    "save_rollout", "supports_batch", "wilson_interval",
 ]
 
 

@@ -10,6 +10,23 @@ import numpy as np
 
 from rt2edge.atomic import atomic_write_json
 
+Z_95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a success rate. Unlike p +- z*sqrt(p(1-p)/n) it stays inside
+    [0, 1] and is not empty at 0/n or n/n, which small closed-loop evaluations often give."""
+    if n <= 0:
+        return (0.0, 1.0)  # no episodes: nothing is known
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, {n}], got {successes}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
+
+
 @dataclass(frozen=True)
 class EpisodeResult:
     split: str
@@ -31,6 +48,9 @@ class GroupSummary:
     success_rate: float
     reached_rate: float
     mean_length: float
+    # 95% Wilson interval of success_rate: at 60 episodes a 47% rate is 35-59%, so two policies
+    # whose intervals overlap this much are not told apart by this evaluation.
+    success_ci95: tuple[float, float] = (0.0, 1.0)
 
     @classmethod
     def of(cls, episodes: Sequence[EpisodeResult]) -> GroupSummary:
@@ -42,6 +62,7 @@ class GroupSummary:
             success_rate=successes / n if n else 0.0,
             reached_rate=sum(e.reached for e in episodes) / n if n else 0.0,
             mean_length=float(np.mean([e.steps for e in episodes])) if n else 0.0,
+            success_ci95=wilson_interval(successes, n),
         )
 
 
@@ -115,6 +136,12 @@ class EvaluationResult:
             lines.append(f"{family:<14}" + "".join(cells(s, family) for s in splits))
         lines.append("-" * len(head))
         lines.append(f"{'all':<14}" + "".join(cells(s, None) for s in splits))
+
+        def interval(split: str) -> str:
+            low, high = self.summary(split).success_ci95
+            return f"{f'{100 * low:.1f}-{100 * high:.1f}%':>22}{'':>7}"
+
+        lines.append((f"{'95% interval':<14}" + "".join(interval(s) for s in splits)).rstrip())
         if self.safe_fallbacks:
             lines.append(f"safe-fallback actions: {self.safe_fallbacks}")
         if self.language_probe is not None:
