@@ -126,12 +126,17 @@ def closed_loop(cfg: QuantizeConfig, result: MethodOutput, image_size: int) -> d
     if result.reference_actor is None or result.candidate_actor is None:
         raise ConfigError("episodes", f"method {cfg.method!r} does not provide closed-loop policies")
     from rt2edge.evaluation import SPLITS, evaluate
+    from rt2edge.evaluation.paired import paired_by_split
 
     out: dict[str, Any] = {"episodes": cfg.episodes, "seed": cfg.seed, "splits": list(SPLITS)}
+    episodes = {}
     for name, actor in (("source", result.reference_actor), ("quantized", result.candidate_actor)):
         res = evaluate(actor(), episodes=cfg.episodes, seed=cfg.seed, image_size=image_size, record=False)
         out[name] = {split: res.summary(split).success_rate for split in res.splits}
         out[f"{name}_safe_fallbacks"] = res.safe_fallbacks
+        episodes[name] = res.episodes
+    # The same scenes for both: episodes only one of them solves, and whether that split is chance.
+    out["paired"] = [c.to_dict() for c in paired_by_split(episodes["source"], episodes["quantized"], SPLITS)]
     return out
 
 

@@ -66,9 +66,13 @@ def _sensitivity_lines(sens: dict[str, Any]) -> list[str]:
 
 def _closed_loop_lines(loop: dict[str, Any]) -> list[str]:
     lines = ["", f"## Closed loop ({loop['episodes']} episodes per split, seed {loop['seed']})", "",
-             "| split | source success | quantized success |", "|---|---|---|"]
+             "| split | source success | quantized success | only source / only quantized | McNemar p |",
+             "|---|---|---|---|---|"]
+    paired = {c["split"]: c for c in loop.get("paired", [])}
     for split in loop["source"]:
-        lines.append(f"| {split} | {loop['source'][split]:.1%} | {loop['quantized'][split]:.1%} |")
+        c = paired.get(split)
+        pair = f"{c['only_a']} / {c['only_b']} | {c['p_value']:.3g}" if c else "- | -"
+        lines.append(f"| {split} | {loop['source'][split]:.1%} | {loop['quantized'][split]:.1%} | {pair} |")
     return lines
 
 

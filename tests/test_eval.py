@@ -4,6 +4,7 @@ results are deterministic, `rt2edge eval` works end to end."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -228,6 +229,29 @@ def test_rt2edge_eval_command(tiny_checkpoint, tmp_path):
     assert agreement["episodes"] == 2 and agreement["split"] == "train"  # seen instructions, whatever --split
     assert agreement["agreement"]["policy"]["all"]["steps"] <= 2 * 3  # --max-steps holds here too
     assert (tmp_path / "roll.png").stat().st_size > 0
+
+    # The same scenes again, paired with the first run: the same policy solves the same episodes.
+    again = CliRunner().invoke(app, args[:8] + ["--max-steps", "3", "--paired-with", str(tmp_path / "r.json"),
+                                                "--json", str(tmp_path / "again.json")])
+    assert again.exit_code == 0, again.output
+    assert f"paired with {tmp_path / 'r.json'}" in again.output
+    paired = json.loads((tmp_path / "again.json").read_text())["paired"]["comparisons"]
+    assert [c["split"] for c in paired] == ["heldout", None]
+    assert all(c["only_a"] == c["only_b"] == 0 and c["p_value"] == 1.0 for c in paired)
+    # Other scenes are refused on the option that names them. Another seed, step budget or episode
+    # count before the run (nothing written); other families only show in the scenes, after the
+    # run: it is still printed and saved, then refused.
+    for change, message, saved in ((["--seed", "2"], "was evaluated with --seed 1", False),
+                                   (["--max-steps", "4"], "--max-steps 3, this run has 4", False),
+                                   (["--episodes", "3"], "holds 2 episodes of split 'heldout'", False),
+                                   (["--families", "move_near"], "different scenes", True)):
+        out = tmp_path / "other.json"
+        other = CliRunner().invoke(app, [*args[:8], "--max-steps", "3", *change, "--json", str(out),
+                                         "--paired-with", str(tmp_path / "r.json")])
+        text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", other.output).split())  # unwrap typer's error box
+        assert other.exit_code == 2 and "--paired-with" in text and message in text, text
+        assert out.exists() == saved and ("heldout success" in other.output) == saved
+        out.unlink(missing_ok=True)
     bad = CliRunner().invoke(app, ["eval", str(tiny_checkpoint), "--split", "test"])
     assert bad.exit_code == 2
     # refused before the evaluation runs: pick_extreme never names the object to move

@@ -192,4 +192,10 @@ def test_the_cli_quantizes_an_artifact_and_runs_closed_loop_episodes(artifact, t
     assert summary["holdout_frames"] == 2 and set(summary["closed_loop"]["source"]) == {"train", "heldout"}
     loop = json.loads((out / "quantize_report.json").read_text())["closed_loop"]
     assert loop["episodes"] == 1 and all(0.0 <= v <= 1.0 for v in loop["quantized"].values())
+    assert [c["split"] for c in loop["paired"]] == ["train", "heldout", None]
+    for c in loop["paired"]:  # 1 episode per split: the counts add up to it, and match the rates
+        assert c["both"] + c["only_a"] + c["only_b"] + c["neither"] == c["episodes"]
+        if c["split"] is not None:
+            assert c["both"] + c["only_a"] == round(loop["source"][c["split"]] * c["episodes"])
+    assert "McNemar p" in (out / "quantize_report.md").read_text()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]

@@ -14,6 +14,8 @@ import typer
 from rt2edge.commands import bad_option, int_list, user_errors
 
 SPLIT_CHOICES = {"train": ("train",), "heldout": ("heldout",), "both": ("train", "heldout")}
+# ConfigError fields -> the options that set them, for usage errors that name the option.
+OPTION_NAMES = {"object_counts": "objects", "phase": "probe-phase", "paired_with": "paired-with"}
 
 
 def register(app: typer.Typer) -> None:
@@ -48,11 +50,16 @@ def register(app: typer.Typer) -> None:
                                            "--objects) driven by the scripted expert and by the policy, "
                                            "and report per task phase how often the policy's action is the "
                                            "expert's on each: compounding errors show as a gap. (0: skip)"),
+        paired_with: Optional[Path] = typer.Option(
+            None, "--paired-with", help="An earlier `--json` result of the same scenes (same --seed, --episodes, "
+                                        "--families, --objects): count the episodes only one policy solves "
+                                        "and test the difference (McNemar, exact)."),
     ) -> None:
         """Run a policy in TabletopEnv; print success per task family for seen and held-out instructions."""
         from rt2edge.errors import ConfigError
         from rt2edge.evaluation import evaluate, expert_agreement, load_policy, probe_language, save_rollout
         from rt2edge.evaluation.language_probe import probe_families
+        from rt2edge.evaluation.paired import PairedResult, load_evaluation, paired_by_split
 
         if split not in SPLIT_CHOICES:
             raise typer.BadParameter(f"must be one of {sorted(SPLIT_CHOICES)}", param_hint="--split")
@@ -62,6 +69,9 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         with user_errors():  # a ConfigError is a usage error of an option; other typed errors exit 2
             try:
+                other = None if paired_with is None else load_evaluation(paired_with)
+                if other is not None:  # what can be told before the run is refused before it
+                    other.check_pairable(seed, max_steps, episodes, SPLIT_CHOICES[split])
                 policy = load_policy(policy_path, providers=providers)
                 family_list = None if families is None else [f.strip() for f in families.split(",")]
                 counts = None if objects is None else int_list(objects, "object_counts")
@@ -79,10 +89,22 @@ def register(app: typer.Typer) -> None:
                         policy, episodes=agreement, seed=seed, families=family_list, num_envs=num_envs,
                         max_steps=max_steps, object_counts=counts)
             except ConfigError as exc:
-                raise bad_option(exc, {"object_counts": "objects", "phase": "probe-phase"}) from exc
+                raise bad_option(exc, OPTION_NAMES) from exc
+            # Scenes that differ only show after the run (other --families / --objects): the run is
+            # still printed and saved, then the pairing is refused.
+            unpaired = None
+            if other is not None:
+                try:
+                    other.check_pairable(seed, result.max_steps, episodes, result.splits)
+                    result.paired = PairedResult(other.path,
+                                                 paired_by_split(result.episodes, other.episodes, result.splits))
+                except ConfigError as exc:
+                    unpaired = exc
         typer.echo(result.format_table())
         if json_out is not None:
             typer.echo(f"results: {result.save_json(json_out)}")
         if gif is not None and result.rollout_frames is not None:
             ep = result.rollout_episode
             typer.echo(f"rollout: {save_rollout(result.rollout_frames, gif, ep.instruction, ep.success)}")
+        if unpaired is not None:
+            raise bad_option(unpaired, OPTION_NAMES)

@@ -82,6 +82,8 @@ class EvaluationResult:
     # Optional: action agreement with the expert on its states and the policy's own
     # (expert_agreement.ExpertAgreementResult).
     expert_agreement: Any = None
+    # Optional: success paired episode by episode with another evaluation (paired.PairedResult).
+    paired: Any = None
 
     @property
     def splits(self) -> list[str]:
@@ -110,6 +112,7 @@ class EvaluationResult:
             "episodes": [asdict(e) for e in self.episodes],
             **({} if self.language_probe is None else {"language_probe": self.language_probe.to_dict()}),
             **({} if self.expert_agreement is None else {"expert_agreement": self.expert_agreement.to_dict()}),
+            **({} if self.paired is None else {"paired": self.paired.to_dict()}),
         }
 
     def save_json(self, path: str | Path) -> Path:
@@ -148,5 +151,7 @@ class EvaluationResult:
             lines.append(self.language_probe.format_line())
         if self.expert_agreement is not None:
             lines.append(self.expert_agreement.format_table())
+        if self.paired is not None:
+            lines.append(self.paired.format_line())
         lines.append(f"wall time {self.wall_s:.1f} s")
         return "\n".join(lines)
