@@ -127,16 +127,17 @@ def closed_loop(cfg: QuantizeConfig, result: MethodOutput, image_size: int) -> d
         raise ConfigError("episodes", f"method {cfg.method!r} does not provide closed-loop policies")
     from rt2edge.evaluation import SPLITS, evaluate
     from rt2edge.evaluation.paired import paired_by_split
+    from rt2edge.evaluation.results import EpisodeResult
 
     out: dict[str, Any] = {"episodes": cfg.episodes, "seed": cfg.seed, "splits": list(SPLITS)}
-    episodes = {}
+    runs: dict[str, list[EpisodeResult]] = {}
     for name, actor in (("source", result.reference_actor), ("quantized", result.candidate_actor)):
         res = evaluate(actor(), episodes=cfg.episodes, seed=cfg.seed, image_size=image_size, record=False)
         out[name] = {split: res.summary(split).success_rate for split in res.splits}
         out[f"{name}_safe_fallbacks"] = res.safe_fallbacks
-        episodes[name] = res.episodes
+        runs[name] = res.episodes
     # The same scenes for both: episodes only one of them solves, and whether that split is chance.
-    out["paired"] = [c.to_dict() for c in paired_by_split(episodes["source"], episodes["quantized"], SPLITS)]
+    out["paired"] = [c.to_dict() for c in paired_by_split(runs["source"], runs["quantized"], SPLITS)]
     return out
 
 

@@ -73,6 +73,11 @@ def _closed_loop_lines(loop: dict[str, Any]) -> list[str]:
         c = paired.get(split)
         pair = f"{c['only_a']} / {c['only_b']} | {c['p_value']:.3g}" if c else "- | -"
         lines.append(f"| {split} | {loop['source'][split]:.1%} | {loop['quantized'][split]:.1%} | {pair} |")
+    pooled = paired.get(None)
+    if pooled is not None:  # both splits: twice the episodes, the test with the most power
+        rates = [(pooled["both"] + pooled[k]) / pooled["episodes"] for k in ("only_a", "only_b")]
+        lines.append(f"| all | {rates[0]:.1%} | {rates[1]:.1%} | {pooled['only_a']} / {pooled['only_b']} | "
+                     f"{pooled['p_value']:.3g} |")
     return lines
 
 

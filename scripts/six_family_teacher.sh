@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The six-family policy of README items 13-15, one command: data, dense tower pre-training,
 # grounding, co-fine-tuning, carry grounding, the long co-fine-tuning run, then closed-loop
-# evaluation. Every step is skipped when its output is complete, and the two `distill finetune`
-# runs resume from their last checkpoint, so the same command continues an interrupted chain.
+# evaluation. Every step is skipped when its output is complete (the evaluation when its JSON
+# exists), and the two `distill finetune` runs resume from their last checkpoint, so the same
+# command continues an interrupted chain.
 #
 #   bash scripts/six_family_teacher.sh                   # item 15: runs/all-r2-plain8k
 #   ROOT=runs/six THREADS=2 FINAL_STEPS=16000 bash scripts/six_family_teacher.sh
@@ -21,6 +22,12 @@ FINAL_STEPS=${FINAL_STEPS:-8000}
 FINAL_EPISODES=${FINAL_EPISODES:-12000}
 EVAL_EPISODES=${EVAL_EPISODES:-60}
 export OMP_NUM_THREADS=$THREADS  # the dense pre-training script has no --threads of its own
+for var in FINAL_STEPS FINAL_EPISODES; do  # the folder names count thousands
+    if ! [[ ${!var} =~ ^[1-9][0-9]*000$ ]]; then
+        echo "$var must be a positive multiple of 1000, got '${!var}'" >&2
+        exit 2
+    fi
+done
 FINAL=$ROOT/all-r2-plain$((FINAL_STEPS / 1000))k
 FINAL_DATA=$ROOT/data/tabletop-q-r2-$((FINAL_EPISODES / 1000))k
 [ "$FINAL_EPISODES" = 12000 ] || FINAL=$FINAL-$((FINAL_EPISODES / 1000))k-data
@@ -28,14 +35,18 @@ FINAL_DATA=$ROOT/data/tabletop-q-r2-$((FINAL_EPISODES / 1000))k
 # A step's output is complete once its last file is written: a checkpoint's rt2edge.json (written
 # last by save_pretrained and by `distill finetune`'s final publish) or a dataset's meta/info.json.
 # An interrupted `distill finetune` has neither and resumes when run again.
+complete() { [ -e "$1/rt2edge.json" ] || [ -e "$1/meta/info.json" ]; }
 step() {
     local out=$1; shift
-    if [ -e "$out/rt2edge.json" ] || [ -e "$out/meta/info.json" ]; then
+    if complete "$out"; then
         echo "== done already: $out"
-    else
-        echo "== $(date +%T) $out"
-        "$@"
+        return
     fi
+    echo "== $(date +%T) $out"
+    "$@"
+    # A stopped `distill finetune` (Ctrl-C, SIGTERM) saves its state and exits 0: stop here
+    # instead of starting the next step on a checkpoint that does not exist yet.
+    complete "$out" || { echo "== $out stopped before it finished: run again to resume" >&2; exit 1; }
 }
 
 step "$ROOT/data/tabletop-q-r2" rt2edge data generate --episodes 4000 --out "$ROOT/data/tabletop-q-r2" \
@@ -58,5 +69,9 @@ step "$FINAL_DATA" rt2edge data generate --episodes "$FINAL_EPISODES" --out "$FI
 step "$FINAL" rt2edge distill finetune --data "$FINAL_DATA" --out "$FINAL" \
     --init "$ROOT/init/all-r2-carry-all" --steps "$FINAL_STEPS" --batch-size 32 --lr 5e-4 --warmup-steps 300 \
     --vqa-ratio 0 --threads "$THREADS" --no-progress
-echo "== $(date +%T) evaluating $FINAL"
-rt2edge eval "$FINAL" --episodes "$EVAL_EPISODES" --seed 1 --threads "$THREADS" --json "$FINAL-eval.json"
+if [ -e "$FINAL-eval.json" ]; then
+    echo "== done already: $FINAL-eval.json"
+else
+    echo "== $(date +%T) evaluating $FINAL"
+    rt2edge eval "$FINAL" --episodes "$EVAL_EPISODES" --seed 1 --threads "$THREADS" --json "$FINAL-eval.json"
+fi

@@ -238,16 +238,24 @@ def test_rt2edge_eval_command(tiny_checkpoint, tmp_path):
     paired = json.loads((tmp_path / "again.json").read_text())["paired"]["comparisons"]
     assert [c["split"] for c in paired] == ["heldout", None]
     assert all(c["only_a"] == c["only_b"] == 0 and c["p_value"] == 1.0 for c in paired)
-    # Other scenes are refused on the option that names them. Another seed, step budget or episode
-    # count before the run (nothing written); other families only show in the scenes, after the
-    # run: it is still printed and saved, then refused.
-    for change, message, saved in ((["--seed", "2"], "was evaluated with --seed 1", False),
-                                   (["--max-steps", "4"], "--max-steps 3, this run has 4", False),
-                                   (["--episodes", "3"], "holds 2 episodes of split 'heldout'", False),
-                                   (["--families", "move_near"], "different scenes", True)):
+    # Other scenes are refused on the option that names them, before the run (nothing written).
+    # A file from before scene options were recorded shows other families only in its scenes,
+    # after the run: that run is still printed and saved, then refused.
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["scene_options"]["object_counts"] == [3, 4] and len(record["scene_options"]["families"]) == 6
+    del record["scene_options"]
+    (tmp_path / "old.json").write_text(json.dumps(record))
+    for change, paired_with, message, saved in (
+            (["--seed", "2"], "r.json", "was evaluated with --seed 1", False),
+            (["--max-steps", "4"], "r.json", "--max-steps 3, this run has 4", False),
+            (["--episodes", "3"], "r.json", "holds 2 episodes of split 'heldout'", False),
+            (["--split", "both"], "r.json", "holds no episodes of split 'train'", False),
+            (["--families", "move_near"], "r.json", "families [", False),
+            (["--objects", "2"], "r.json", "object_counts [3, 4], this run has [2]", False),
+            (["--families", "move_near"], "old.json", "different scenes", True)):
         out = tmp_path / "other.json"
         other = CliRunner().invoke(app, [*args[:8], "--max-steps", "3", *change, "--json", str(out),
-                                         "--paired-with", str(tmp_path / "r.json")])
+                                         "--paired-with", str(tmp_path / paired_with)])
         text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", other.output).split())  # unwrap typer's error box
         assert other.exit_code == 2 and "--paired-with" in text and message in text, text
         assert out.exists() == saved and ("heldout success" in other.output) == saved

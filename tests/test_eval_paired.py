@@ -3,6 +3,8 @@ refusal of evaluations of different scenes."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from rt2edge.errors import ConfigError
 from rt2edge.evaluation import ScriptedExpertPolicy, evaluate
 from rt2edge.evaluation.paired import load_evaluation, mcnemar_exact, paired_by_split, paired_comparison
 from rt2edge.evaluation.results import EpisodeResult
+from rt2edge.sim.language import FAMILIES
 
 
 @pytest.mark.parametrize("only_a, only_b, expected", [
@@ -85,15 +88,30 @@ def test_an_earlier_evaluation_is_checked_before_the_run(tmp_path):
                       record=False)
     record = load_evaluation(result.save_json(tmp_path / "r.json"))
     assert (record.seed, record.max_steps, len(record.episodes)) == (3, 4, 4)
-    record.check_pairable(3, 4, 2, ["train", "heldout"])
-    record.check_pairable(3, None, 2, ["train"])  # the env's default budget is checked after the run
+    assert record.scene_options == {"families": list(FAMILIES), "object_counts": [3, 4]}
+    record.check_pairable(3, 4, 2, ["train", "heldout"], record.scene_options)
+    record.check_pairable(3, None, 2, ["train"])  # what is not known yet is not compared
     for args, message in (((4, 4, 2, ["train"]), "--seed 3, this run has --seed 4"),
                           ((3, 5, 2, ["train"]), "--max-steps 4, this run has 5"),
-                          ((3, 4, 3, ["train"]), "holds 2 episodes of split 'train', this run evaluates 3")):
+                          ((3, 4, 3, ["train"]), "holds 2 episodes of split 'train', this run evaluates 3"),
+                          ((3, 4, 2, ["train"], {"families": ["pick"]}), r"families \[.*\], this run has \['pick'\]"),
+                          ((3, 4, 2, ["train"], {"object_counts": [2]}), r"use the same --objects")):
         with pytest.raises(ConfigError, match=message) as info:
             record.check_pairable(*args)
         assert info.value.field == "paired_with"
+    only_train = load_evaluation(evaluate(ScriptedExpertPolicy(), episodes=1, seed=3, splits=["train"], max_steps=4,
+                                          record=False).save_json(tmp_path / "t.json"))
+    with pytest.raises(ConfigError, match=r"no episodes of split 'heldout' \(only \['train'\]\)"):
+        only_train.check_pairable(3, 4, 1, ["train", "heldout"])
     (tmp_path / "bad.json").write_text('{"seed": 1}')
     for path, message in ((tmp_path / "none.json", "does not exist"), (tmp_path / "bad.json", "is not an")):
         with pytest.raises(ConfigError, match=message):
             load_evaluation(path)
+
+
+def test_an_episode_field_added_later_does_not_break_an_older_reader(tmp_path):
+    result = evaluate(ScriptedExpertPolicy(), episodes=1, seed=0, splits=["train"], max_steps=3, record=False)
+    data = result.to_dict()
+    data["episodes"][0]["a_later_field"] = 1.0
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    assert load_evaluation(tmp_path / "r.json").episodes == result.episodes

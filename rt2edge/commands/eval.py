@@ -15,7 +15,7 @@ from rt2edge.commands import bad_option, int_list, user_errors
 
 SPLIT_CHOICES = {"train": ("train",), "heldout": ("heldout",), "both": ("train", "heldout")}
 # ConfigError fields -> the options that set them, for usage errors that name the option.
-OPTION_NAMES = {"object_counts": "objects", "phase": "probe-phase", "paired_with": "paired-with"}
+OPTION_NAMES = {"object_counts": "objects", "phase": "probe-phase"}
 
 
 def register(app: typer.Typer) -> None:
@@ -52,14 +52,15 @@ def register(app: typer.Typer) -> None:
                                            "expert's on each: compounding errors show as a gap. (0: skip)"),
         paired_with: Optional[Path] = typer.Option(
             None, "--paired-with", help="An earlier `--json` result of the same scenes (same --seed, --episodes, "
-                                        "--families, --objects): count the episodes only one policy solves "
-                                        "and test the difference (McNemar, exact)."),
+                                        "--split, --families, --objects, --max-steps): count the episodes only "
+                                        "one policy solves and test the difference (McNemar, exact)."),
     ) -> None:
         """Run a policy in TabletopEnv; print success per task family for seen and held-out instructions."""
         from rt2edge.errors import ConfigError
         from rt2edge.evaluation import evaluate, expert_agreement, load_policy, probe_language, save_rollout
         from rt2edge.evaluation.language_probe import probe_families
         from rt2edge.evaluation.paired import PairedResult, load_evaluation, paired_by_split
+        from rt2edge.evaluation.rollout import default_env_factory, resolved_scene_options
 
         if split not in SPLIT_CHOICES:
             raise typer.BadParameter(f"must be one of {sorted(SPLIT_CHOICES)}", param_hint="--split")
@@ -69,12 +70,14 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         with user_errors():  # a ConfigError is a usage error of an option; other typed errors exit 2
             try:
-                other = None if paired_with is None else load_evaluation(paired_with)
-                if other is not None:  # what can be told before the run is refused before it
-                    other.check_pairable(seed, max_steps, episodes, SPLIT_CHOICES[split])
-                policy = load_policy(policy_path, providers=providers)
                 family_list = None if families is None else [f.strip() for f in families.split(",")]
                 counts = None if objects is None else int_list(objects, "object_counts")
+                other = None if paired_with is None else load_evaluation(paired_with)
+                if other is not None:  # refused before the run: an env of this run says its defaults
+                    env = default_env_factory(None, max_steps, counts)("train")
+                    other.check_pairable(seed, env.max_steps, episodes, SPLIT_CHOICES[split],
+                                         resolved_scene_options(env, family_list))
+                policy = load_policy(policy_path, providers=providers)
                 if language_probe:  # refuse a family list or phase it cannot probe before the evaluation
                     probe_families(family_list, probe_phase)
                 result = evaluate(policy, episodes=episodes, seed=seed, splits=SPLIT_CHOICES[split],
@@ -90,12 +93,12 @@ def register(app: typer.Typer) -> None:
                         max_steps=max_steps, object_counts=counts)
             except ConfigError as exc:
                 raise bad_option(exc, OPTION_NAMES) from exc
-            # Scenes that differ only show after the run (other --families / --objects): the run is
-            # still printed and saved, then the pairing is refused.
+            # Scenes that differ in a way the options do not tell (e.g. another simulator version)
+            # only show after the run: it is still printed and saved, then the pairing refused.
             unpaired = None
             if other is not None:
                 try:
-                    other.check_pairable(seed, result.max_steps, episodes, result.splits)
+                    other.check_pairable(seed, result.max_steps, episodes, result.splits, result.scene_options)
                     result.paired = PairedResult(other.path,
                                                  paired_by_split(result.episodes, other.episodes, result.splits))
                 except ConfigError as exc:

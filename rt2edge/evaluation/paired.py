@@ -10,7 +10,7 @@ episodes, where one near-tie that diverges flips an episode either way.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from math import comb
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -56,13 +56,13 @@ class PairedComparison:
                 f"points, McNemar p = {self.p_value:.3g}")
 
 
-def _key(e: EpisodeResult) -> tuple[str, int, int, str]:
-    return (e.split, e.index, e.seed, e.instruction)
+def _key(e: EpisodeResult) -> tuple[str, int, int, str, str]:
+    return (e.split, e.index, e.seed, e.family, e.instruction)
 
 
 def paired_comparison(a: Sequence[EpisodeResult], b: Sequence[EpisodeResult],
                       split: str | None = None) -> PairedComparison:
-    """Pair the episodes of two evaluations by scene (split, index, env seed, instruction).
+    """Pair the episodes of two evaluations by scene (split, index, env seed, family, instruction).
     Both must hold the same scenes: evaluate with the same --seed, --episodes, --families and
     --objects. A ConfigError names the first scene one side lacks."""
     sa = {_key(e): e.success for e in a if split is None or e.split == split}
@@ -91,6 +91,10 @@ def paired_by_split(a: Sequence[EpisodeResult], b: Sequence[EpisodeResult],
     return [*(paired_comparison(a, b, s) for s in splits), paired_comparison(a, b)]
 
 
+# The options that draw an evaluation's scenes besides its seed, as `rt2edge eval` names them.
+SCENE_OPTIONS = {"families": "--families", "object_counts": "--objects"}
+
+
 @dataclass(frozen=True)
 class EvaluationRecord:
     """What pairing needs of an earlier `rt2edge eval --json` file."""
@@ -99,34 +103,50 @@ class EvaluationRecord:
     seed: int
     max_steps: int
     episodes: list[EpisodeResult]
+    scene_options: dict[str, Any] | None = None  # None: a file from before they were recorded
 
-    def check_pairable(self, seed: int, max_steps: int | None, episodes: int, splits: Iterable[str]) -> None:
-        """Refuse, before a long run, an evaluation whose scenes or step budget cannot match this
-        run's: another seed, another --max-steps, or another episode count in one of its splits.
-        (Other --families / --objects only show in the scenes, after the run.)"""
+    def check_pairable(self, seed: int, max_steps: int | None, episodes: int, splits: Iterable[str],
+                       scene_options: dict[str, Any] | None = None) -> None:
+        """Refuse an evaluation whose scenes or step budget cannot match this run's: another seed,
+        --max-steps, --families or --objects, or another episode count in one of its splits. Called
+        before a run with what is known then (max_steps None: the env's default, checked after)."""
         if seed != self.seed:
             raise ConfigError("paired_with", f"{self.path} was evaluated with --seed {self.seed}, this run has "
                                              f"--seed {seed}: the scenes differ")
         if max_steps is not None and max_steps != self.max_steps:
             raise ConfigError("paired_with", f"{self.path} was evaluated with --max-steps {self.max_steps}, this "
                                              f"run has {max_steps}: the episodes had different step budgets")
+        for key, option in SCENE_OPTIONS.items():
+            theirs, ours = ((opts or {}).get(key) for opts in (self.scene_options, scene_options))
+            if theirs is not None and ours is not None and list(theirs) != list(ours):
+                raise ConfigError("paired_with", f"{self.path} was evaluated with {key} {list(theirs)}, this run "
+                                                 f"has {list(ours)}: the scenes differ (use the same {option})")
+        held_splits = sorted({e.split for e in self.episodes})
         for split in splits:
             held = sum(e.split == split for e in self.episodes)
+            if held == 0:
+                raise ConfigError("paired_with", f"{self.path} holds no episodes of split {split!r} (only "
+                                                 f"{held_splits}): evaluate both with the same --split")
             if held != episodes:
                 raise ConfigError("paired_with", f"{self.path} holds {held} episodes of split {split!r}, this run "
                                                  f"evaluates {episodes}: evaluate both with the same --episodes")
 
 
+_EPISODE_FIELDS = {f.name for f in fields(EpisodeResult)}
+
+
 def load_evaluation(path: str | Path) -> EvaluationRecord:
-    """The seed, step budget and per-episode records of an `rt2edge eval --json` file."""
+    """The seed, step budget, scene options and per-episode records of an `rt2edge eval --json`
+    file (episode fields a later version adds are ignored)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-        return EvaluationRecord(str(path), int(data["seed"]), int(data["max_steps"]),
-                                [EpisodeResult(**e) for e in data["episodes"]])
+        episodes = [EpisodeResult(**{k: v for k, v in e.items() if k in _EPISODE_FIELDS}) for e in data["episodes"]]
+        return EvaluationRecord(str(path), int(data["seed"]), int(data["max_steps"]), episodes,
+                                data.get("scene_options"))
     except FileNotFoundError:
         raise ConfigError("paired_with", f"{path} does not exist") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ConfigError("paired_with", f"{path} is not an `rt2edge eval --json` result ({exc})") from None
 
 

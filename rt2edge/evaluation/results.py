@@ -84,6 +84,9 @@ class EvaluationResult:
     expert_agreement: Any = None
     # Optional: success paired episode by episode with another evaluation (paired.PairedResult).
     paired: Any = None
+    # What drew the scenes besides the seed: {"families": [...], "object_counts": [...]} as the
+    # envs resolved them (None where a custom env does not say). Pairing checks it before a run.
+    scene_options: dict[str, Any] | None = None
 
     @property
     def splits(self) -> list[str]:
@@ -103,6 +106,7 @@ class EvaluationResult:
             "policy": self.policy,
             "seed": self.seed,
             "max_steps": self.max_steps,
+            "scene_options": self.scene_options,
             "wall_s": self.wall_s,
             "safe_fallbacks": self.safe_fallbacks,
             "overall": asdict(self.summary()),

@@ -104,9 +104,11 @@ def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[st
     results: list[EpisodeResult] = []
     recorded: tuple[np.ndarray, EpisodeResult] | None = None
     env_max_steps = 0
+    scene_options: dict[str, Any] | None = None
     for split_index, split in enumerate(splits):
         envs = split_envs(policy, make_env, split, episodes, num_envs)
         env_max_steps = int(envs[0].max_steps)
+        scene_options = resolved_scene_options(envs[0], families)
         want_frames = record and split_index == 0
         for episode, frames in run_episodes(policy, envs, split, episodes, seed, families, want_frames):
             result = EpisodeResult(
@@ -123,9 +125,19 @@ def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[st
     fallbacks = getattr(policy, "safe_fallbacks", None)
     return EvaluationResult(
         policy=str(getattr(policy, "name", type(policy).__name__)), seed=seed,
-        max_steps=env_max_steps, episodes=results, wall_s=time.perf_counter() - start,
+        max_steps=env_max_steps, episodes=results, wall_s=time.perf_counter() - start, scene_options=scene_options,
         safe_fallbacks=fallbacks, rollout_frames=None if recorded is None else recorded[0],
         rollout_episode=None if recorded is None else recorded[1])
+
+
+def resolved_scene_options(env: Any, families: Sequence[str] | None) -> dict[str, Any]:
+    """The families (in round-robin order) and object counts the scenes are drawn with, as the env
+    resolves the defaults; None where an env without a TaskSampler does not say."""
+    sampler = getattr(env, "sampler", None)
+    planned = list(families) if families is not None else getattr(sampler, "families", None)
+    counts = getattr(sampler, "object_counts", None)
+    return {"families": None if planned is None else list(planned),
+            "object_counts": None if counts is None else [int(c) for c in counts]}
 
 
 def split_envs(policy: Any, make_env: Callable[[str], Any], split: str, episodes: int,
