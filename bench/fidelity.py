@@ -85,14 +85,22 @@ class BackendPolicy:
 
 
 def closed_loop_success(backend: PolicyBackend, name: str, episodes: int, seed: int,
-                        max_steps: int | None) -> dict[str, Any]:
-    """Success per split of `episodes` episodes each (both splits: seen and held-out instructions)."""
+                        max_steps: int | None, reference: Sequence[Any] | None = None
+                        ) -> tuple[dict[str, Any], list[Any]]:
+    """Success per split of `episodes` episodes each (both splits: seen and held-out instructions),
+    and the per-episode records. With the reference's records (the same seed: the same scenes),
+    also the paired comparison per split: episodes only one of them solves, McNemar's exact p."""
     from rt2edge.evaluation import evaluate
+    from rt2edge.evaluation.paired import paired_by_split
 
     result = evaluate(BackendPolicy(backend, name), episodes=episodes, seed=seed, max_steps=max_steps,
                       num_envs=1, record=False)
     data = result.to_dict()
-    return {"episodes_per_split": episodes, "seed": seed, "max_steps": result.max_steps,
-            "success_rate": data["overall"]["success_rate"], "episodes": data["overall"]["episodes"],
-            "splits": {s: v["overall"] for s, v in data["splits"].items()},
-            "safe_fallbacks": result.safe_fallbacks, "wall_s": result.wall_s}
+    out = {"episodes_per_split": episodes, "seed": seed, "max_steps": result.max_steps,
+           "success_rate": data["overall"]["success_rate"], "episodes": data["overall"]["episodes"],
+           "splits": {s: v["overall"] for s, v in data["splits"].items()},
+           "safe_fallbacks": result.safe_fallbacks, "wall_s": result.wall_s}
+    if reference is not None:  # a = the reference, b = this variant
+        out["paired_with_reference"] = [c.to_dict() for c in
+                                        paired_by_split(reference, result.episodes, result.splits)]
+    return out, result.episodes

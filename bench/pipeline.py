@@ -50,6 +50,7 @@ class _Context:
     reference: Outputs | None = None
     reference_label: str | None = None
     continuous_dims: int = 0
+    reference_episodes: list | None = None  # its closed-loop episodes: variants are paired with them
 
 
 def _machine(cfg: BenchConfig, any_checkpoint: bool) -> tuple[_Context, dict[str, Any]]:
@@ -73,8 +74,10 @@ def _reference(source: Source, cfg: BenchConfig, ctx: _Context) -> dict[str, Any
     ctx.reference = Outputs.of(backend, ctx.observations)
     ctx.continuous_dims = source.contract()[0].num_dims
     ctx.reference_label = f"{source.name}/{backend.name}"
-    success = (closed_loop_success(backend, ctx.reference_label, cfg.episodes, cfg.seed, cfg.max_episode_steps)
-               if cfg.episodes else None)
+    success = None
+    if cfg.episodes:
+        success, ctx.reference_episodes = closed_loop_success(backend, ctx.reference_label, cfg.episodes,
+                                                              cfg.seed, cfg.max_episode_steps)
     return {"label": ctx.reference_label, "source": str(source.path), "source_kind": source.kind,
             "backend": backend.name, "success": success}
 
@@ -99,7 +102,7 @@ def _analyse(run_: VariantRun, cfg: BenchConfig, ctx: _Context, interleaved: boo
                                      ctx.reference_label, ctx.continuous_dims).to_dict()
     if cfg.episodes:
         entry["success"] = closed_loop_success(run_.backend, variant.label, cfg.episodes, cfg.seed,
-                                               cfg.max_episode_steps)
+                                               cfg.max_episode_steps, ctx.reference_episodes)[0]
     return entry
 
 

@@ -136,16 +136,19 @@ def accuracy_table(report: Mapping[str, Any]) -> Table | None:
         return None
     t = Table("accuracy", "Fidelity and closed-loop success",
               ["variant", "reference", "token agreement", "action agreement", "action MAE", "action max err",
-               "success", "episodes", "Hz (1/p50)"],
+               "success", "episodes", "only reference / only variant", "McNemar p", "Hz (1/p50)"],
               note="Reference: " + (f"{ref['label']} ({ref['source']})" if ref else "none given")
                    + ("" if not ref or not ref.get("success") else
                       f"; its own success {pct(ref['success']['success_rate'])} over "
                       f"{ref['success']['episodes']} episodes"))
     for v in report["variants"]:
         f, s = v.get("fidelity") or {}, v.get("success") or {}
+        # Both splits together: the same scenes under the reference and the variant.
+        pooled = next((c for c in s.get("paired_with_reference") or [] if c["split"] is None), None)
+        pair = ([f"{pooled['only_a']} / {pooled['only_b']}", f"{pooled['p_value']:.3g}"] if pooled else ["-", "-"])
         t.rows.append([v["label"], f.get("reference", "-"), pct(f.get("token_agreement")),
                        pct(f.get("action_agreement")), fmt(f.get("action_mae")), fmt(f.get("action_max_abs_error")),
-                       pct(s.get("success_rate")), fmt(s.get("episodes")), f"{v['timing']['hz_median']:.1f}"])
+                       pct(s.get("success_rate")), fmt(s.get("episodes")), *pair, f"{v['timing']['hz_median']:.1f}"])
     return t
 
 

@@ -113,6 +113,14 @@ def test_fidelity_against_the_reference(bench_run):
     assert same["fidelity"]["frames"] == FRAMES
     assert other["fidelity"]["token_agreement"] < 1.0  # different weights, different actions
     assert other["fidelity"]["action_mae"] > 0.0
+    # Closed loop, paired scene by scene with the reference: the same artifact solves the same
+    # episodes (the runtime is deterministic); every pairing covers each split, then both.
+    for variant in (same, other):
+        paired = variant["success"]["paired_with_reference"]
+        assert [c["split"] for c in paired] == ["train", "heldout", None] and paired[-1]["episodes"] == 2
+        assert all(c["both"] + c["only_a"] + c["only_b"] + c["neither"] == c["episodes"] for c in paired)
+    assert all(c["only_a"] == c["only_b"] == 0 and c["p_value"] == 1.0
+               for c in same["success"]["paired_with_reference"])
 
 
 def test_openvla_validation_is_in_every_report(bench_run):
@@ -197,6 +205,7 @@ def test_tables_show_the_json_numbers(bench_run):
         assert "ESTIMATE" in page and "fitted on the published int8 figure" in page
         for published in ("840", "471", "336"):
             assert published in page
+        assert "only reference / only variant" in page and "McNemar p" in page
 
 
 def test_pareto_front_and_empty_figures():
