@@ -80,6 +80,17 @@ class TinyModel:
     head_token_ids: np.ndarray = None  # set by make_artifact: bin -> token id
 
 
+class CountingRunner:
+    """Wraps a runtime GraphRunner and records the shapes of every run's feeds."""
+
+    def __init__(self, inner):
+        self.inner, self.input_names, self.calls = inner, inner.input_names, []
+
+    def run(self, feeds, outputs):
+        self.calls.append({k: np.asarray(v).shape for k, v in feeds.items()})
+        return self.inner.run(feeds, outputs)
+
+
 def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(arr), name)
 
@@ -207,9 +218,10 @@ def _write_tokenizer(path: Path) -> dict[str, int]:
 def make_artifact(folder: str | Path, *, seed: int = 0, n_bins: int = 256, num_layers: int = 2,
                   num_kv_heads: int = 2, head_dim: int = 8, hidden: int = 32, image_size: int = 16,
                   num_image_tokens: int = 4, prefix_lm: bool = False, engines: bool = False,
-                  ) -> tuple[Path, TinyModel]:
+                  instruction_first: bool = False) -> tuple[Path, TinyModel]:
     """Write a complete, hash-verified artifact into `folder`; return it and its weights.
-    `engines` also lists (fake) TensorRT engine files, to exercise the engine backend's checks."""
+    `engines` also lists (fake) TensorRT engine files, to exercise the engine backend's checks.
+    `instruction_first`: the prompt puts the text before the image (the reference does not follow)."""
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     vocab = _write_tokenizer(root / "tokenizer.json")
@@ -233,7 +245,7 @@ def make_artifact(folder: str | Path, *, seed: int = 0, n_bins: int = 256, num_l
                                 normalize_mask=np.array([1, 1, 1, 1, 1, 1, 0], bool))
     model.head_token_ids = tokenizer.token_ids
     prompt = PromptFormat(image_token_id=vocab["<image>"], num_image_tokens=num_image_tokens,
-                          bos_token_id=vocab["[BOS]"], max_text_tokens=32)
+                          bos_token_id=vocab["[BOS]"], max_text_tokens=32, instruction_first=instruction_first)
     graphs = {"vision": _vision_graph(model, image_size, hidden), "embed": _embed_graph(model),
               "decoder": _decoder_graph(model, hidden, n_bins)}
     specs = {}

@@ -26,6 +26,7 @@ from rt2edge.artifact import load_manifest  # noqa: E402
 from rt2edge.errors import ConfigError, ExportValidationError  # noqa: E402
 from rt2edge.models.families import VLMSize  # noqa: E402
 from rt2edge.models.policy import VLAPolicy  # noqa: E402
+from artifact_factory import CountingRunner  # noqa: E402
 from tiny_policies import TINY, build_tiny_policy  # noqa: E402
 
 torch.set_num_threads(1)
@@ -256,3 +257,16 @@ def test_instruction_first_prompt_round_trips_through_the_runtime(tokenizer, tmp
     assert before.shape[1] > 1 and after.shape[1] == 0  # [bos + text] [image] [no suffix]
     action = runtime.act(np.zeros((32, 32, 3), np.uint8), "open the drawer")
     assert not action.safe_fallback, action.reason
+    # The text before the image is prefilled once per instruction (checked at load against the
+    # whole prefill): later frames prefill only the image tokens, and act exactly as without it.
+    assert runtime.prefix_cache_size == 2
+    whole = Policy.load(art, num_threads=1, prefix_cache_size=0)
+    runtime._decoder = decoder = CountingRunner(runtime._decoder)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        image = rng.integers(0, 256, (32, 32, 3), np.uint8)
+        text = ("open the drawer", "pick up the red block")[i % 2]
+        np.testing.assert_array_equal(runtime.act(image, text).bins, whole.act(image, text).bins)
+    image_tokens = runtime.prompt.num_image_tokens
+    prefills = [call["inputs_embeds"][1] for call in decoder.calls[::runtime.action_tokenizer.tokens_per_action]]
+    assert prefills[1] > image_tokens and prefills[:1] + prefills[2:] == [image_tokens] * 5

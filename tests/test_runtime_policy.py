@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 import pytest
-from artifact_factory import make_artifact
+from artifact_factory import CountingRunner, make_artifact
 
 from rt2edge.errors import ConfigError, MissingDependencyError
 from rt2edge.optional import is_available
@@ -22,15 +22,6 @@ INSTRUCTIONS = ["pick up the red block", "open the drawer", "move it left", "put
 def tiny(request, tmp_path_factory):
     root, model = make_artifact(tmp_path_factory.mktemp("tiny") / "art", prefix_lm=request.param)
     return root, model, request.param
-
-
-class CountingRunner:
-    def __init__(self, inner):
-        self.inner, self.input_names, self.calls = inner, inner.input_names, []
-
-    def run(self, feeds, outputs):
-        self.calls.append({k: np.asarray(v).shape for k, v in feeds.items()})
-        return self.inner.run(feeds, outputs)
 
 
 def test_act_matches_cache_free_reference(tiny):
@@ -149,6 +140,30 @@ def test_load_config_errors(tiny):
         Policy.load(tiny[0], deadline_s=0)
     with pytest.raises(ConfigError, match="num_threads"):
         Policy.load(tiny[0], num_threads=0)
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ConfigError, match="prefix_cache_size"):
+            Policy.load(tiny[0], prefix_cache_size=bad)
+
+
+def test_prefix_cache_only_for_instruction_first_causal_prompts(tiny, tmp_path):
+    """Image-first prompts have no text before the image; a prefix-LM's text attends to the image."""
+    assert Policy.load(tiny[0]).prefix_cache_size == 0
+    root, _ = make_artifact(tmp_path / "art", prefix_lm=True, instruction_first=True)
+    assert Policy.load(root).prefix_cache_size == 0
+
+
+def test_prefix_cache_is_refused_where_a_prefill_after_a_past_differs(tmp_path, caplog):
+    """The factory's decoder adds past_length * w_past to its last state, so a prefill from cached
+    text KV (past = the text) gives other logits than the whole prefill: the load-time check must
+    turn the cache off, and every action then prefills from position 0."""
+    root, _ = make_artifact(tmp_path / "art", instruction_first=True)
+    with caplog.at_level(logging.WARNING, logger="rt2edge.runtime"):
+        policy = Policy.load(root, num_threads=1)
+    assert policy.prefix_cache_size == 0 and "prefix cache off (outputs differ" in caplog.text
+    policy._decoder = decoder = CountingRunner(policy._decoder)
+    for _ in range(2):
+        assert not policy.act(np.zeros((16, 16, 3), np.uint8), "open the drawer").safe_fallback
+    assert len(decoder.calls) == 16 and all(c["past.0.key"][2] == 0 for c in decoder.calls[::8])
 
 
 def test_tensorrt_ep_gets_the_manifests_optimization_profiles(tmp_path):

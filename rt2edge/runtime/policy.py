@@ -39,7 +39,7 @@ class Policy:
 
     def __init__(self, folder: Path, manifest: ArtifactManifest, runners: dict, provider: str,
                  deadline_s: float | None = None, safe_gripper: float | None = None,
-                 text_cache_size: int = 16, unnorm_key: str | None = None):
+                 text_cache_size: int = 16, unnorm_key: str | None = None, prefix_cache_size: int = 2):
         self.folder = folder
         self.manifest = manifest
         self.provider = provider
@@ -68,6 +68,14 @@ class Policy:
         empty = np.zeros((1, model.num_kv_heads, 0, model.head_dim), np.float32)
         self._empty_past = {n: empty for n in self._past_names}
         self._n_decode = 0 if self._parallel else self.action_tokenizer.tokens_per_action - 1
+        # [Contract] In a causal decoder the keys/values of the text before the image depend on that
+        # text alone (positions from 0, no later token visible): an instruction-first prompt's KV
+        # for them is computed once per instruction and the prefill of later frames runs only on
+        # the image and what follows it. Not for prefix-LM families (the text attends to the image)
+        # nor parallel decoders (no KV cache input).
+        self._prefix_cache_size = (prefix_cache_size if self.prompt.instruction_first and not model.prefix_lm
+                                   and not self._parallel else 0)
+        self._prefix_kv: OrderedDict[str, list[np.ndarray]] = OrderedDict()
         if not self._parallel:
             # [Contract] the decode-step input of bin b is embed(token_ids[b]): computed once here.
             ids = self.action_tokenizer.token_ids[None].astype(np.int64)
@@ -79,7 +87,7 @@ class Policy:
     def load(cls, artifact_dir: str | Path, providers: Sequence[str] | str | None = None,
              num_threads: int | None = None, deadline_s: float | None = None, *,
              safe_gripper: float | None = None, warmup: int = 1, cache_dir: str | None = None,
-             text_cache_size: int = 16, unnorm_key: str | None = None) -> Policy:
+             text_cache_size: int = 16, unnorm_key: str | None = None, prefix_cache_size: int = 2) -> Policy:
         """Verify the artifact (manifest, sizes, sha256 of every file) and only then open it.
 
         providers: backend names, best first ("tensorrt-engine", "TensorrtExecutionProvider",
@@ -92,18 +100,24 @@ class Policy:
             default: the one the artifact was exported with.
         warmup: `act` calls on a blank image at load, so the first real call is not the slowest
             and the deadline has a latency estimate from the start.
+        prefix_cache_size: instructions whose text keys/values are kept (instruction-first prompts
+            on causal decoders: later frames prefill only the image and what follows); 0 disables.
+            Each entry holds layers x 2 x kv_heads x text tokens x head_dim floats.
         """
         if deadline_s is not None and not deadline_s > 0:
             raise ConfigError("deadline_s", f"must be > 0 seconds or None, got {deadline_s!r}")
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ConfigError("num_threads", f"must be an int >= 1 or None, got {num_threads!r}")
+        if isinstance(prefix_cache_size, bool) or not isinstance(prefix_cache_size, int) or prefix_cache_size < 0:
+            raise ConfigError("prefix_cache_size", f"must be an int >= 0, got {prefix_cache_size!r}")
         folder = Path(artifact_dir)
         manifest = load_manifest(folder, verify=True)  # before any session reads a byte
         manifest.action_tokenizer(unnorm_key)  # an unknown dataset is refused before any session
         runners, provider = open_graphs(folder, manifest, providers,
                                         BackendOptions(num_threads=num_threads, cache_dir=cache_dir))
         policy = cls(folder, manifest, runners, provider, deadline_s, safe_gripper, text_cache_size,
-                     unnorm_key)
+                     unnorm_key, prefix_cache_size)
+        policy.verify_prefix_cache()
         if policy.guard.zero_outside_bounds:
             log.warning("rt2edge runtime: dims %s cannot be 0 within their bounds; the safe action "
                         "clips them to the nearest bound", policy.guard.zero_outside_bounds)
@@ -125,6 +139,41 @@ class Policy:
             self.deadline_s = deadline
             self.guard.reset()
             self._text_cache.pop("warm up", None)
+            self._prefix_kv.pop("warm up", None)
+
+    @property
+    def prefix_cache_size(self) -> int:
+        """Instructions whose text keys/values are cached; 0 when off (or refused at load)."""
+        return self._prefix_cache_size
+
+    def verify_prefix_cache(self) -> None:
+        """Prefill a blank frame's prompt whole, then from the cached text KV, and keep the cache
+        only if both give the same action logits and KV: a backend or ONNX Runtime version whose
+        attention mishandles a prefill after a past (T > 1 with P > 0) then costs speed, not
+        actions. Logged either way."""
+        if not self._prefix_cache_size:
+            return
+        size, text = self.preprocessing.size, "warm up"
+        try:
+            pixel_values = self.preprocessing(np.full((1, size, size, 3), 127, np.uint8))
+            image = self._vision.run({"pixel_values": pixel_values}, ["image_embeds"])[0].astype(np.float32)
+            before, after = self._text_embeds(text)
+            prefix = np.zeros(1, np.int64)
+            whole = self._prefill(text, before, image, after, prefix)
+            cached = self._prefill(text, before, image, after, prefix)
+            scale = max(1.0, float(np.abs(whole[0]).max()))
+            why = None if all(a.shape == b.shape and np.allclose(a, b, rtol=1e-3, atol=1e-3 * scale)
+                              for a, b in zip(whole, cached)) else "outputs differ from the whole prefill"
+        except Exception as exc:  # noqa: BLE001  (any failure here only turns the cache off)
+            why = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._text_cache.pop(text, None)
+            self._prefix_kv.pop(text, None)
+        if why is not None:
+            log.warning("rt2edge runtime: prefix cache off (%s on %s)", why, self.provider)
+            self._prefix_cache_size = 0
+        else:
+            log.info("rt2edge runtime: prefix cache on (%d instructions)", self._prefix_cache_size)
 
     def reset(self, gripper: float | None = None) -> None:
         """Start of an episode: forget the last commanded gripper value (or set the current one)."""
@@ -181,9 +230,10 @@ class Policy:
         t = self._timed("vision", timing, t)
         deadline.check("before prefill", self._stages("vision"))
 
-        prompt_embeds = np.concatenate([before, image_embeds.astype(np.float32, copy=False), after], axis=1)
-        length = prompt_embeds.shape[1]
+        image_embeds = image_embeds.astype(np.float32, copy=False)
+        length = before.shape[1] + image_embeds.shape[1] + after.shape[1]
         if self._parallel:  # the whole action from one decoder run, timed as the prefill
+            prompt_embeds = np.concatenate([before, image_embeds, after], axis=1)
             bins = self._pick_all(self._decoder.run({"inputs_embeds": prompt_embeds}, self._outputs))
             t = self._timed("prefill", timing, t)
             timing["decode"] = 0.0
@@ -191,8 +241,7 @@ class Policy:
         # [Contract] prefix_length: the whole prompt attends bidirectionally for prefix-LM families
         # (PaliGemma), 0 for causal ones; the same value on every decoder run of one action.
         prefix = np.array([length if self.manifest.model.prefix_lm else 0], np.int64)
-        outs = self._decoder.run({"inputs_embeds": prompt_embeds, "past_length": np.zeros(1, np.int64),
-                                  "prefix_length": prefix, **self._empty_past}, self._outputs)
+        outs = self._prefill(text, before, image_embeds, after, prefix)
         bins = [self._pick(outs)]
         t = self._timed("prefill", timing, t)
 
@@ -210,6 +259,26 @@ class Policy:
             t = now
         timing["decode"] = float(sum(steps))
         return self._finish(bins, timing, t, start, steps)
+
+    def _prefill(self, text: str, before: np.ndarray, image_embeds: np.ndarray, after: np.ndarray,
+                 prefix: np.ndarray) -> list[np.ndarray]:
+        """The decoder run on the prompt: on the image and what follows it when the text before it
+        has cached keys/values, else on the whole prompt (caching the text's part of its KV)."""
+        cached = self._prefix_kv.get(text)
+        if cached is not None:
+            self._prefix_kv.move_to_end(text)
+            return self._decoder.run({"inputs_embeds": np.concatenate([image_embeds, after], axis=1),
+                                      "past_length": np.array([before.shape[1]], np.int64), "prefix_length": prefix,
+                                      **dict(zip(self._past_names, cached))}, self._outputs)
+        outs = self._decoder.run({"inputs_embeds": np.concatenate([before, image_embeds, after], axis=1),
+                                  "past_length": np.zeros(1, np.int64), "prefix_length": prefix,
+                                  **self._empty_past}, self._outputs)
+        if self._prefix_cache_size:  # the present KV's first positions are the text's own
+            n = before.shape[1]
+            self._prefix_kv[text] = [np.ascontiguousarray(kv[:, :, :n]) for kv in outs[2:]]
+            if len(self._prefix_kv) > self._prefix_cache_size:
+                self._prefix_kv.popitem(last=False)
+        return outs
 
     def _finish(self, bins: Sequence[int] | np.ndarray, timing: dict[str, float], t: float, start: float,
                 steps: list[float]) -> Action:
