@@ -79,7 +79,7 @@ def runtime_backend(source: str | Path, num_threads: int = 1, providers: Any = N
     # harness's job (time_policy), so the load does none.
     policy = Policy.load(source, providers=providers, num_threads=num_threads, deadline_s=None, warmup=0)
     info = {"artifact": str(source), "provider": policy.provider, "num_threads": num_threads,
-            "precision": getattr(policy.manifest, "precision", None)}
+            "precision": getattr(policy.manifest, "precision", None), "prefix_cache_size": policy.prefix_cache_size}
     return PolicyBackend("runtime", policy.act, info, reset=policy.reset)
 
 

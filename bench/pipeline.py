@@ -85,12 +85,15 @@ def _reference(source: Source, cfg: BenchConfig, ctx: _Context) -> dict[str, Any
 def _analyse(run_: VariantRun, cfg: BenchConfig, ctx: _Context, interleaved: bool) -> dict[str, Any]:
     """Everything the report says about one timed variant."""
     variant = run_.variant
-    prompt_tokens = variant.source.prompt_tokens(text for _, text in ctx.observations)
-    costs, tensors, cost_source = variant_costs(run_, prompt_tokens, cfg.threads)
+    texts = [text for _, text in ctx.observations]
+    prompt_tokens = variant.source.prompt_tokens(texts)
+    costs, tensors, cost_source = variant_costs(run_, prompt_tokens, cfg.threads,
+                                                variant.source.tokens_before_image(texts))
     entry: dict[str, Any] = {
         "label": variant.label, "source": str(variant.source.path), "source_kind": variant.source.kind,
         "backend": variant.backend, "provider": run_.provider, "threads": cfg.threads,
         "precision": run_.precision, "size_bytes": variant.source.size_bytes(), "load_s": run_.load_s,
+        "prefix_cache_size": run_.backend.info.get("prefix_cache_size"),  # runtime only; 0 = off
         "timing": timing_dict(run_),
         "memory": {**run_.memory.to_dict(),
                    "window": "load + warm-up" if interleaved else "load + warm-up + timed loop"},

@@ -106,11 +106,13 @@ def _io(spec: Any) -> tuple[int, list]:
     return len(spec.inputs) + len(spec.outputs), spec.outputs
 
 
-def artifact_stage_costs(folder: Path, manifest: Any, prompt_tokens: int,
-                         threads: int = 1) -> tuple[list[StageCost], dict[str, int]]:
+def artifact_stage_costs(folder: Path, manifest: Any, prompt_tokens: int, threads: int = 1,
+                         cached_prefix_tokens: int = 0) -> tuple[list[StageCost], dict[str, int]]:
     """StageCosts of one action of an artifact (vision, prefill, decode.k) from its ONNX graphs,
     and the IO tensor count of each stage's graph. The embed graph is left out: the runtime runs
-    it once per instruction and caches the result, so it costs nothing per action."""
+    it once per instruction and caches the result, so it costs nothing per action. Likewise, with
+    `cached_prefix_tokens` (the runtime's prefix cache on), the prefill is the prompt after them,
+    with them as its past: what most acts of a control loop run."""
     from bench.onnx_costs import onnx_graph_cost
 
     model = manifest.model
@@ -129,7 +131,7 @@ def artifact_stage_costs(folder: Path, manifest: Any, prompt_tokens: int,
                        ort_kernel_count(vision_graph, threads), cls)]
     decoder_kernels = ort_kernel_count(decoder_graph, threads)
     prefix = prompt_tokens if model.prefix_lm else 0
-    runs = [("prefill", prompt_tokens, 0)]
+    runs = [("prefill", prompt_tokens - cached_prefix_tokens, cached_prefix_tokens)]
     if manifest.decoding == "autoregressive":
         steps = manifest.action_tokenizer().tokens_per_action - 1
         runs += [(f"decode.{k}", 1, prompt_tokens + k - 1) for k in range(1, steps + 1)]

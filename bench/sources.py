@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from rt2edge.errors import ArtifactError
 from rt2edge.optional import require
 
@@ -58,12 +60,20 @@ class Source:
     def prompt_tokens(self, instructions: Iterable[str]) -> int:
         """Median prompt length (image placeholders + text) over `instructions`, tokenized as the
         runtime does: the decoder cost of an action depends on it."""
+        return int(statistics.median(len(ids) for ids in self._prompt_ids(instructions)))
+
+    def tokens_before_image(self, instructions: Iterable[str]) -> int:
+        """Median count of prompt tokens before the image placeholders (bos + text for an
+        instruction-first prompt): what the runtime's prefix cache keeps per instruction."""
+        image_token = self.contract()[1].image_token_id
+        return int(statistics.median(int(np.argmax(ids == image_token)) for ids in self._prompt_ids(instructions)))
+
+    def _prompt_ids(self, instructions: Iterable[str]) -> list[np.ndarray]:
         tokenizers = require("tokenizers", extra="cpu", purpose="counting prompt tokens")
         _, prompt, file = self.contract()
         tok = tokenizers.Tokenizer.from_file(str(file))
-        lengths = [len(prompt.build_input_ids(tok.encode(prompt.text(t), add_special_tokens=False).ids))
-                   for t in sorted(set(instructions))]
-        return int(statistics.median(lengths))
+        return [np.asarray(prompt.build_input_ids(tok.encode(prompt.text(t), add_special_tokens=False).ids))
+                for t in sorted(set(instructions))]
 
 
 @dataclass(frozen=True)

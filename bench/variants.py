@@ -90,15 +90,18 @@ def time_interleaved(variants: Sequence[Variant], observations: Sequence[tuple[n
             for v, b, m, s, t, _ in loaded]
 
 
-def variant_costs(run: VariantRun, prompt_tokens: int, threads: int) -> tuple[CostBreakdown, dict[str, int], str]:
-    """(costs of one action, IO tensors per graph, where the costs come from)."""
+def variant_costs(run: VariantRun, prompt_tokens: int, threads: int,
+                  cached_prefix_tokens: int = 0) -> tuple[CostBreakdown, dict[str, int], str]:
+    """(costs of one action, IO tensors per graph, where the costs come from). A runtime variant
+    whose prefix cache is on prefills `cached_prefix_tokens` fewer tokens in most of its acts."""
     source = run.variant.source
     tokenizer, prompt, _ = source.contract()
     if source.kind == "artifact":
         from rt2edge.artifact import load_manifest
 
         manifest = load_manifest(source.path, verify=False)
-        stages, tensors = artifact_stage_costs(source.path, manifest, prompt_tokens, threads)
+        cached = cached_prefix_tokens if run.backend.info.get("prefix_cache_size") else 0
+        stages, tensors = artifact_stage_costs(source.path, manifest, prompt_tokens, threads, cached)
         model = manifest.model
         full_kv = model.num_layers * 2 * model.num_kv_heads * model.head_dim * 4 * (
             prompt_tokens + tokenizer.tokens_per_action)

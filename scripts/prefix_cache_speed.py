@@ -4,9 +4,10 @@ An instruction-first prompt puts the text before the image; in a causal decoder 
 values depend on the text alone, so `Policy` computes them once per instruction and later frames
 prefill only the image tokens (`Policy.load(..., prefix_cache_size=0)` turns that off). Both
 policies act on the bench's control-loop stream (bench.observations: consecutive expert steps,
-a new instruction every 6 frames) in interleaved blocks, alternating which goes first; per act it
+a new instruction every 3 frames) in interleaved blocks, alternating which goes first; per act it
 records this thread's CPU time (ONNX Runtime with 1 intra-op thread runs on it, so another job on
-the machine does not inflate it) and the wall time of each stage.
+the machine does not inflate it; with --threads > 1 the other threads' time is not counted) and
+the wall time of each stage.
 
     python scripts/prefix_cache_speed.py ARTIFACT [--acts 600] [--threads 1]
 

@@ -218,10 +218,13 @@ def _write_tokenizer(path: Path) -> dict[str, int]:
 def make_artifact(folder: str | Path, *, seed: int = 0, n_bins: int = 256, num_layers: int = 2,
                   num_kv_heads: int = 2, head_dim: int = 8, hidden: int = 32, image_size: int = 16,
                   num_image_tokens: int = 4, prefix_lm: bool = False, engines: bool = False,
-                  instruction_first: bool = False) -> tuple[Path, TinyModel]:
+                  instruction_first: bool = False, past_bias: bool = True, precision: str = "fp32",
+                  ) -> tuple[Path, TinyModel]:
     """Write a complete, hash-verified artifact into `folder`; return it and its weights.
     `engines` also lists (fake) TensorRT engine files, to exercise the engine backend's checks.
-    `instruction_first`: the prompt puts the text before the image (the reference does not follow)."""
+    `instruction_first`: the prompt puts the text before the image (the reference does not follow).
+    `past_bias=False` drops the past_length term from the last state: then a prefill that starts
+    after cached positions equals the whole prefill, as in a real causal decoder."""
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     vocab = _write_tokenizer(root / "tokenizer.json")
@@ -237,7 +240,7 @@ def make_artifact(folder: str | Path, *, seed: int = 0, n_bins: int = 256, num_l
         wk=[w(hidden, num_kv_heads * head_dim) for _ in range(num_layers)],
         wv=[w(hidden, num_kv_heads * head_dim) for _ in range(num_layers)],
         wo=[w(num_kv_heads * head_dim, hidden, scale=WO_SCALE) for _ in range(num_layers)],
-        w_past=w(hidden, scale=0.02 * np.sqrt(hidden)), w_prefix=w(hidden, scale=0.02 * np.sqrt(hidden)),
+        w_past=w(hidden, scale=0.02 * np.sqrt(hidden) * past_bias), w_prefix=w(hidden, scale=0.02 * np.sqrt(hidden)),
         head=w(hidden, n_bins, scale=4.0), num_kv_heads=num_kv_heads, head_dim=head_dim,
         num_image_tokens=num_image_tokens)
     stats = ActionStatistics.from_actions(rng.uniform(-1, 1, (200, 7)) * [.05, .05, .05, .2, .2, .2, 1])
@@ -262,7 +265,7 @@ def make_artifact(folder: str | Path, *, seed: int = 0, n_bins: int = 256, num_l
         graphs=specs, engines=engine_specs, files={"tokenizer": FileSpec("tokenizer.json")},
         model=ModelSpec(family="tiny-test", num_layers=num_layers, num_kv_heads=num_kv_heads,
                         head_dim=head_dim, hidden_size=hidden, prefix_lm=prefix_lm),
-        action_tokenizer=tokenizer, prompt=prompt,
+        action_tokenizer=tokenizer, prompt=prompt, precision=precision,
         image_preprocessing=ImagePreprocessing(size=image_size),
         provenance={"source_checkpoint": "tests/artifact_factory.py", "rt2edge_version": "0.1.0",
                     "onnx_opset": OPSET})

@@ -94,6 +94,7 @@ def test_report_json_holds_every_measurement(bench_run):
         assert t["hz_median"] == pytest.approx(1 / t["latency"]["p50_s"])
         assert t["cpu"]["count"] == STEPS and t["cpu_share"] > 0 and t["hz_cpu_median"] > 0
         assert v["provider"] == "CPUExecutionProvider" and v["threads"] == 1 and v["precision"] == "fp32"
+        assert v["prefix_cache_size"] == 0  # image-first prompts: no text before the image to cache
         assert v["size_bytes"] > 0 and v["memory"]["peak_rss_mb"] > 0
         assert v["ratios"] is None  # no hf-generate baseline in this run
         decode = v["roofline"]["stages"]["decode"]

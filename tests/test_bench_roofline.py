@@ -45,6 +45,12 @@ def test_artifact_costs_match_a_hand_count(tiny):
     raw = len(onnx.load(str(root / "decoder.onnx")).graph.node)
     assert 0 < ort_kernel_count(root / "decoder.onnx") == by["prefill"].kernels <= raw
     assert convention_kernels(root, manifest) == {"vision": None, "decoder": 2 * 16 + 3}  # no ViT here
+    # With the runtime's prefix cache on, most acts prefill the prompt after 6 cached text tokens:
+    # 14 new positions reading 6 cached ones; the decode steps are unchanged.
+    cached = {c.stage: c for c in artifact_stage_costs(root, manifest, prompt_tokens=20, cached_prefix_tokens=6)[0]}
+    assert (cached["prefill"].tokens, cached["prefill"].context) == (14, 20)
+    assert cached["prefill"].flops == 2 * (14 * 2 * 1536 + head) and cached["prefill"].kv_bytes == 256 * (6 + 20)
+    assert cached["decode.3"] == by["decode.3"]
 
 
 def test_bounds_add_up_per_run():

@@ -14,6 +14,7 @@ from rt2edge.errors import ConfigError, MissingDependencyError
 from rt2edge.optional import is_available
 from rt2edge.runtime import Action, Backend, Policy, registered_backends
 from rt2edge.runtime import backends as backends_module
+from rt2edge.runtime.policy import PREFILL_CACHED, WARM_UP_TEXT
 
 INSTRUCTIONS = ["pick up the red block", "open the drawer", "move it left", "put the blue block in the bowl"]
 
@@ -145,11 +146,97 @@ def test_load_config_errors(tiny):
             Policy.load(tiny[0], prefix_cache_size=bad)
 
 
-def test_prefix_cache_only_for_instruction_first_causal_prompts(tiny, tmp_path):
-    """Image-first prompts have no text before the image; a prefix-LM's text attends to the image."""
-    assert Policy.load(tiny[0]).prefix_cache_size == 0
-    root, _ = make_artifact(tmp_path / "art", prefix_lm=True, instruction_first=True)
-    assert Policy.load(root).prefix_cache_size == 0
+@pytest.fixture(scope="module")
+def text_first(tmp_path_factory):
+    """Instruction-first, causal, no past_length term: a prefill after cached text positions equals
+    the whole prefill, as in a real causal decoder."""
+    return make_artifact(tmp_path_factory.mktemp("text-first") / "art", instruction_first=True, past_bias=False)[0]
+
+
+def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (16, 16, 3), np.uint8) for _ in range(n)]
+
+
+def test_prefix_cache_prefills_only_the_image_after_the_first_frame_of_an_instruction(text_first):
+    policy, whole = Policy.load(text_first, num_threads=1), Policy.load(text_first, num_threads=1, prefix_cache_size=0)
+    assert policy.prefix_cache_size == 2 and whole.prefix_cache_size == 0
+    assert WARM_UP_TEXT not in policy._prefix and WARM_UP_TEXT not in policy._text_cache
+    policy._decoder = decoder = CountingRunner(policy._decoder)
+    # a cache of 2, least recently used out: the 5th evicts "move it left", the 6th "open the drawer"
+    texts = ["open the drawer", "open the drawer", "move it left", "open the drawer", "pick up the red block",
+             "move it left", "pick up the red block"]
+    for image, text in zip(_frames(len(texts)), texts):
+        ours, theirs = policy.act(image, text), whole.act(image, text)
+        assert not ours.safe_fallback, ours.reason
+        np.testing.assert_array_equal(ours.bins, theirs.bins)
+        np.testing.assert_allclose(ours.values, theirs.values)
+    image_tokens, past = policy.prompt.num_image_tokens, [c["past.0.key"][2] for c in decoder.calls[::8]]
+    prefill = [c["inputs_embeds"][1] for c in decoder.calls[::8]]
+    text_len = [p + t - image_tokens for p, t in zip(past, prefill)]  # bos + text before the image
+    hits = [False, True, False, True, False, False, True]
+    assert [p > 0 for p in past] == hits and all(t == image_tokens for t, h in zip(prefill, hits) if h)
+    assert all(n == p for n, p, h in zip(text_len, past, hits) if h)  # past = the text, nothing else
+    assert len(policy._prefix) == 2
+
+
+def test_prefix_cache_estimates_both_prefills_for_the_deadline(text_first):
+    policy = Policy.load(text_first, num_threads=1, warmup=2, deadline_s=1.0)
+    assert policy.latency.has("prefill") and policy.latency.has(PREFILL_CACHED)
+    assert policy._stages(cached=True)[3] == PREFILL_CACHED and policy._stages()[3] == "prefill"
+    image = _frames(1)[0]
+    policy.act(image, "open the drawer")
+    policy.latency.reset()  # no sample of a cached prefill yet: it is predicted as a whole one
+    assert policy._stages(cached=True)[3] == "prefill"
+    assert not policy.act(image, "open the drawer").safe_fallback
+    assert policy.latency.has(PREFILL_CACHED) and not policy.latency.has("prefill")
+
+
+def test_a_failing_cached_prefill_turns_the_cache_off_and_acts_anyway(text_first, caplog):
+    policy = Policy.load(text_first, num_threads=1)
+    image = _frames(1)[0]
+    first = policy.act(image, "open the drawer")
+
+    class FailsAfterAPast:  # a backend that cannot prefill after a past of this length
+        def __init__(self, inner):
+            self.inner, self.input_names = inner, inner.input_names
+
+        def run(self, feeds, outputs):
+            if feeds["past.0.key"].shape[2] and feeds["inputs_embeds"].shape[1] > 1:
+                raise RuntimeError("unsupported shape")
+            return self.inner.run(feeds, outputs)
+
+    policy._decoder = FailsAfterAPast(policy._decoder)
+    with caplog.at_level(logging.WARNING, logger="rt2edge.runtime"):
+        again = policy.act(image, "open the drawer")
+    assert not again.safe_fallback and np.array_equal(again.bins, first.bins)
+    assert policy.prefix_cache_size == 0 and "prefix cache off" in caplog.text
+
+
+@pytest.mark.parametrize("options, reason", [
+    ({"instruction_first": False}, "image first"),
+    ({"prefix_lm": True}, "prefix-LM"),
+    ({"precision": "int8-dynamic"}, "activation scales"),
+])
+def test_prefix_cache_only_where_the_text_sees_only_itself(tmp_path, caplog, options, reason):
+    """Each artifact passes the load-time check (no past_length term): only the rule keeps the
+    cache off."""
+    root, _ = make_artifact(tmp_path / "art", **{"instruction_first": True, "past_bias": False, **options})
+    with caplog.at_level(logging.INFO, logger="rt2edge.runtime"):
+        policy = Policy.load(root, num_threads=1)
+    assert policy.prefix_cache_size == 0 and reason in caplog.text
+
+
+def test_the_constructor_keeps_the_prefix_cache_off_until_checked(text_first):
+    policy = Policy.load(text_first, num_threads=1)
+    built = Policy(policy.folder, policy.manifest, {"vision": policy._vision, "embed": policy._embed,
+                                                    "decoder": policy._decoder}, policy.provider)
+    assert built.prefix_cache_size == 0
+    built.verify_prefix_cache(3)
+    assert built.prefix_cache_size == 3
+    with pytest.raises(ConfigError, match="prefix_cache_size"):
+        Policy(policy.folder, policy.manifest, {"vision": policy._vision, "embed": policy._embed,
+                                                "decoder": policy._decoder}, policy.provider, prefix_cache_size=-2)
 
 
 def test_prefix_cache_is_refused_where_a_prefill_after_a_past_differs(tmp_path, caplog):

@@ -28,10 +28,14 @@ from rt2edge.runtime import engine as _engine  # noqa: F401  (registers the tens
 from rt2edge.runtime.action import Action, ActionGuard
 from rt2edge.runtime.backends import BackendOptions, open_graphs
 from rt2edge.runtime.latency import Deadline, DeadlineExceeded, LatencyEstimator, SkipPolicy
+from rt2edge.runtime.prefix_cache import (PrefixKVCache, check_prefix_cache_size, outputs_match,
+                                          prefix_cache_refusal)
 
 log = logging.getLogger("rt2edge.runtime")
 
 DECODE_STEP = "decode_step"  # latency-estimator key of one decoder run after the prefill
+PREFILL_CACHED = "prefill_cached"  # latency-estimator key of a prefill from cached text KV
+WARM_UP_TEXT = "warm up"  # the instruction of warm-up and load-time checks (never kept cached)
 
 
 class Policy:
@@ -39,7 +43,7 @@ class Policy:
 
     def __init__(self, folder: Path, manifest: ArtifactManifest, runners: dict, provider: str,
                  deadline_s: float | None = None, safe_gripper: float | None = None,
-                 text_cache_size: int = 16, unnorm_key: str | None = None, prefix_cache_size: int = 2):
+                 text_cache_size: int = 16, unnorm_key: str | None = None, prefix_cache_size: int = 0):
         self.folder = folder
         self.manifest = manifest
         self.provider = provider
@@ -68,14 +72,12 @@ class Policy:
         empty = np.zeros((1, model.num_kv_heads, 0, model.head_dim), np.float32)
         self._empty_past = {n: empty for n in self._past_names}
         self._n_decode = 0 if self._parallel else self.action_tokenizer.tokens_per_action - 1
-        # [Contract] In a causal decoder the keys/values of the text before the image depend on that
-        # text alone (positions from 0, no later token visible): an instruction-first prompt's KV
-        # for them is computed once per instruction and the prefill of later frames runs only on
-        # the image and what follows it. Not for prefix-LM families (the text attends to the image)
-        # nor parallel decoders (no KV cache input).
-        self._prefix_cache_size = (prefix_cache_size if self.prompt.instruction_first and not model.prefix_lm
-                                   and not self._parallel else 0)
-        self._prefix_kv: OrderedDict[str, list[np.ndarray]] = OrderedDict()
+        # Text KV per instruction (prefix_cache.py); on only once `verify_prefix_cache` has checked
+        # it on these graphs, which `load` does.
+        check_prefix_cache_size(prefix_cache_size)
+        self._prefix = PrefixKVCache(0)
+        self._prefix_refusal = prefix_cache_refusal(self.prompt.instruction_first, model.prefix_lm,
+                                                    self._parallel, manifest.precision)
         if not self._parallel:
             # [Contract] the decode-step input of bin b is embed(token_ids[b]): computed once here.
             ids = self.action_tokenizer.token_ids[None].astype(np.int64)
@@ -108,16 +110,14 @@ class Policy:
             raise ConfigError("deadline_s", f"must be > 0 seconds or None, got {deadline_s!r}")
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ConfigError("num_threads", f"must be an int >= 1 or None, got {num_threads!r}")
-        if isinstance(prefix_cache_size, bool) or not isinstance(prefix_cache_size, int) or prefix_cache_size < 0:
-            raise ConfigError("prefix_cache_size", f"must be an int >= 0, got {prefix_cache_size!r}")
+        check_prefix_cache_size(prefix_cache_size)
         folder = Path(artifact_dir)
         manifest = load_manifest(folder, verify=True)  # before any session reads a byte
         manifest.action_tokenizer(unnorm_key)  # an unknown dataset is refused before any session
         runners, provider = open_graphs(folder, manifest, providers,
                                         BackendOptions(num_threads=num_threads, cache_dir=cache_dir))
-        policy = cls(folder, manifest, runners, provider, deadline_s, safe_gripper, text_cache_size,
-                     unnorm_key, prefix_cache_size)
-        policy.verify_prefix_cache()
+        policy = cls(folder, manifest, runners, provider, deadline_s, safe_gripper, text_cache_size, unnorm_key)
+        policy.verify_prefix_cache(prefix_cache_size)
         if policy.guard.zero_outside_bounds:
             log.warning("rt2edge runtime: dims %s cannot be 0 within their bounds; the safe action "
                         "clips them to the nearest bound", policy.guard.zero_outside_bounds)
@@ -132,48 +132,58 @@ class Policy:
         try:
             for _ in range(runs):
                 self.latency.reset()  # keep only the last (warm) run's samples
-                action = self.act(blank, "warm up")
-                if action.safe_fallback:
-                    log.warning("rt2edge runtime: warm-up failed: %s", action.reason)
+                self._prefix.pop(WARM_UP_TEXT)  # each a whole prefill: a new instruction's estimate
+                self._warm_act(blank)
+            if runs and self._prefix.size:  # and one from the cached text KV: the estimate of the rest
+                self._warm_act(blank)
         finally:
             self.deadline_s = deadline
             self.guard.reset()
-            self._text_cache.pop("warm up", None)
-            self._prefix_kv.pop("warm up", None)
+            self._text_cache.pop(WARM_UP_TEXT, None)
+            self._prefix.pop(WARM_UP_TEXT)
+
+    def _warm_act(self, image: np.ndarray) -> None:
+        action = self.act(image, WARM_UP_TEXT)
+        if action.safe_fallback:
+            log.warning("rt2edge runtime: warm-up failed: %s", action.reason)
 
     @property
     def prefix_cache_size(self) -> int:
         """Instructions whose text keys/values are cached; 0 when off (or refused at load)."""
-        return self._prefix_cache_size
+        return self._prefix.size
 
-    def verify_prefix_cache(self) -> None:
-        """Prefill a blank frame's prompt whole, then from the cached text KV, and keep the cache
-        only if both give the same action logits and KV: a backend or ONNX Runtime version whose
-        attention mishandles a prefill after a past (T > 1 with P > 0) then costs speed, not
-        actions. Logged either way."""
-        if not self._prefix_cache_size:
+    def verify_prefix_cache(self, size: int) -> None:
+        """Turn the prefix cache on for `size` instructions if this artifact allows it
+        (prefix_cache.prefix_cache_refusal) and these graphs agree: a blank frame's prompt is
+        prefilled whole, then from the cached text KV, and both must give the same outputs. A
+        backend whose attention mishandles a prefill after a past (T > 1 with P > 0) then costs
+        speed, not actions. Logged either way."""
+        self._prefix.turn_off()
+        if not check_prefix_cache_size(size):
             return
-        size, text = self.preprocessing.size, "warm up"
+        if self._prefix_refusal is not None:
+            log.info("rt2edge runtime: prefix cache off (%s)", self._prefix_refusal)
+            return
+        side = self.preprocessing.size
+        self._prefix = PrefixKVCache(size)
         try:
-            pixel_values = self.preprocessing(np.full((1, size, size, 3), 127, np.uint8))
+            pixel_values = self.preprocessing(np.full((1, side, side, 3), 127, np.uint8))
             image = self._vision.run({"pixel_values": pixel_values}, ["image_embeds"])[0].astype(np.float32)
-            before, after = self._text_embeds(text)
+            before, after = self._text_embeds(WARM_UP_TEXT)
             prefix = np.zeros(1, np.int64)
-            whole = self._prefill(text, before, image, after, prefix)
-            cached = self._prefill(text, before, image, after, prefix)
-            scale = max(1.0, float(np.abs(whole[0]).max()))
-            why = None if all(a.shape == b.shape and np.allclose(a, b, rtol=1e-3, atol=1e-3 * scale)
-                              for a, b in zip(whole, cached)) else "outputs differ from the whole prefill"
+            whole = self._prefill(WARM_UP_TEXT, before, image, after, prefix)
+            cached = self._prefill(WARM_UP_TEXT, before, image, after, prefix)
+            why = None if outputs_match(whole, cached) else "outputs differ from the whole prefill"
         except Exception as exc:  # noqa: BLE001  (any failure here only turns the cache off)
             why = f"{type(exc).__name__}: {exc}"
         finally:
-            self._text_cache.pop(text, None)
-            self._prefix_kv.pop(text, None)
+            self._text_cache.pop(WARM_UP_TEXT, None)
+            self._prefix.pop(WARM_UP_TEXT)
         if why is not None:
             log.warning("rt2edge runtime: prefix cache off (%s on %s)", why, self.provider)
-            self._prefix_cache_size = 0
+            self._prefix.turn_off()
         else:
-            log.info("rt2edge runtime: prefix cache on (%d instructions)", self._prefix_cache_size)
+            log.info("rt2edge runtime: prefix cache on (%d instructions)", size)
 
     def reset(self, gripper: float | None = None) -> None:
         """Start of an episode: forget the last commanded gripper value (or set the current one)."""
@@ -186,7 +196,8 @@ class Policy:
         batch = self._validate_image(image)
         text = validate_instruction(instruction)
         timing: dict[str, float] = {}
-        predicted = 0.0 if self.deadline_s is None else self.latency.predict_sum(self._stages())
+        predicted = (0.0 if self.deadline_s is None else
+                     self.latency.predict_sum(self._stages(cached=self._prefix_hit(text))))
         skip, probe = self._skip.decide(self.deadline_s, predicted)
         if skip:
             timing["total"] = time.perf_counter() - start
@@ -207,15 +218,21 @@ class Policy:
         self.guard.commit(action.values)
         return action
 
-    def _stages(self, after: str | None = None, decode_done: int = 0) -> list[str]:
-        order = ["preprocess", "embed", "vision", "prefill"]
+    def _stages(self, after: str | None = None, decode_done: int = 0, cached: bool = False) -> list[str]:
+        """The latency-estimator keys of what is left of an act. A prefill from cached text KV runs
+        a shorter prompt: its own key, predicted as a whole prefill until it has samples."""
+        prefill = PREFILL_CACHED if cached and self.latency.has(PREFILL_CACHED) else "prefill"
+        order = ["preprocess", "embed", "vision", prefill]
         stages = order[order.index(after) + 1:] if after else order
         return stages + [DECODE_STEP] * (self._n_decode - decode_done) + ["postprocess"]
 
-    def _timed(self, stage: str, timing: dict[str, float], t: float) -> float:
+    def _prefix_hit(self, text: str) -> bool:
+        return text in self._prefix
+
+    def _timed(self, stage: str, timing: dict[str, float], t: float, key: str | None = None) -> float:
         now = time.perf_counter()
         timing[stage] = now - t
-        self.latency.record(stage, now - t)
+        self.latency.record(key or stage, now - t)
         return now
 
     def _infer(self, batch: np.ndarray, text: str, deadline: Deadline, timing: dict[str, float],
@@ -225,10 +242,11 @@ class Policy:
         t = self._timed("preprocess", timing, t)
         before, after = self._text_embeds(text)  # InputError when the prompt has too many tokens
         t = self._timed("embed", timing, t)
-        deadline.check("before vision", self._stages("embed"))
+        cached = self._prefix_hit(text)
+        deadline.check("before vision", self._stages("embed", cached=cached))
         image_embeds = self._vision.run({"pixel_values": pixel_values}, ["image_embeds"])[0]
         t = self._timed("vision", timing, t)
-        deadline.check("before prefill", self._stages("vision"))
+        deadline.check("before prefill", self._stages("vision", cached=cached))
 
         image_embeds = image_embeds.astype(np.float32, copy=False)
         length = before.shape[1] + image_embeds.shape[1] + after.shape[1]
@@ -243,7 +261,7 @@ class Policy:
         prefix = np.array([length if self.manifest.model.prefix_lm else 0], np.int64)
         outs = self._prefill(text, before, image_embeds, after, prefix)
         bins = [self._pick(outs)]
-        t = self._timed("prefill", timing, t)
+        t = self._timed("prefill", timing, t, PREFILL_CACHED if cached and self._prefix_hit(text) else None)
 
         steps: list[float] = []
         for step in range(1, self._n_decode + 1):
@@ -264,20 +282,20 @@ class Policy:
                  prefix: np.ndarray) -> list[np.ndarray]:
         """The decoder run on the prompt: on the image and what follows it when the text before it
         has cached keys/values, else on the whole prompt (caching the text's part of its KV)."""
-        cached = self._prefix_kv.get(text)
+        cached = self._prefix.get(text)
         if cached is not None:
-            self._prefix_kv.move_to_end(text)
-            return self._decoder.run({"inputs_embeds": np.concatenate([image_embeds, after], axis=1),
-                                      "past_length": np.array([before.shape[1]], np.int64), "prefix_length": prefix,
-                                      **dict(zip(self._past_names, cached))}, self._outputs)
+            try:
+                return self._decoder.run({"inputs_embeds": np.concatenate([image_embeds, after], axis=1),
+                                          "past_length": np.array([before.shape[1]], np.int64),
+                                          "prefix_length": prefix, **dict(zip(self._past_names, cached))},
+                                         self._outputs)
+            except Exception:  # noqa: BLE001  (a shape the load-time check did not try: lose speed, not the act)
+                log.exception("rt2edge runtime: prefill from the cached text failed; prefix cache off")
+                self._prefix.turn_off()
         outs = self._decoder.run({"inputs_embeds": np.concatenate([before, image_embeds, after], axis=1),
                                   "past_length": np.zeros(1, np.int64), "prefix_length": prefix,
                                   **self._empty_past}, self._outputs)
-        if self._prefix_cache_size:  # the present KV's first positions are the text's own
-            n = before.shape[1]
-            self._prefix_kv[text] = [np.ascontiguousarray(kv[:, :, :n]) for kv in outs[2:]]
-            if len(self._prefix_kv) > self._prefix_cache_size:
-                self._prefix_kv.popitem(last=False)
+        self._prefix.put(text, outs[2:], before.shape[1])  # the present KV's first positions: the text's
         return outs
 
     def _finish(self, bins: Sequence[int] | np.ndarray, timing: dict[str, float], t: float, start: float,
