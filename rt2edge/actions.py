@@ -55,6 +55,16 @@ class ActionStatistics:
         sizes = {name: arr.shape[0] for name, arr in arrays.items()}
         if len(set(sizes.values())) != 1:
             raise ActionValueError(f"statistics arrays disagree on the number of dims: {sizes}")
+        # [Contract] low <= high with a finite span, or the bin edges (and so every action's
+        # bounds) are inverted or NaN.
+        for low, high in (("q01", "q99"), ("min", "max")):
+            with np.errstate(over="ignore"):  # an overflow is exactly what is refused here
+                span = arrays[high] - arrays[low]
+            bad = np.flatnonzero(~(span >= 0) | ~np.isfinite(span))
+            if bad.size:
+                i = int(bad[0])
+                raise ActionValueError(f"statistics '{low}' ({arrays[low][i]}) must be <= '{high}' ({arrays[high][i]}) "
+                                       "with a finite difference", dim=i)
         for name, arr in arrays.items():
             object.__setattr__(self, name, arr)
 

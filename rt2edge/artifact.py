@@ -31,6 +31,7 @@ from rt2edge.actions import ActionStatistics, ActionTokenizer
 from rt2edge.atomic import atomic_write_text
 from rt2edge.errors import ArtifactError, ConfigError, Rt2EdgeError
 from rt2edge.observation import ImagePreprocessing, PromptFormat
+from rt2edge.onnx_external import MalformedGraph, external_data_files
 
 FORMAT = "rt2edge-artifact"
 FORMAT_VERSION = 3  # the newest format this reader reads
@@ -202,7 +203,14 @@ class ModelSpec:
         keys = ("num_layers", "num_kv_heads", "head_dim", "hidden_size")
         return cls(family=str(_require(data, "family", "model")),
                    **{k: _require(data, k, "model") for k in keys},
-                   prefix_lm=bool(data.get("prefix_lm", False)))
+                   prefix_lm=_flag(data.get("prefix_lm", False), "model.prefix_lm"))
+
+
+def _flag(value: Any, where: str) -> bool:
+    # bool("false") is True: a flag that changes the attention mask must be a JSON boolean.
+    if not isinstance(value, bool):
+        raise ArtifactError(f"{MANIFEST_FILE}: '{where}' must be true or false, got {value!r}")
+    return value
 
 
 def _as_config(value: Any) -> dict[str, Any]:
@@ -291,7 +299,7 @@ class ArtifactManifest:
     def _build(key: str, factory: Any, data: dict[str, Any]) -> Any:
         try:
             return factory(data)
-        except (Rt2EdgeError, KeyError, TypeError, ValueError) as exc:
+        except (Rt2EdgeError, KeyError, TypeError, ValueError, OverflowError) as exc:  # int(Infinity)
             raise ArtifactError(f"{MANIFEST_FILE}: '{key}' is invalid: {exc}") from exc
 
     def all_files(self) -> dict[str, FileSpec | GraphSpec]:
@@ -377,6 +385,10 @@ class ArtifactManifest:
         else:
             checks += [("decoder", "action_logits", False, {1: tokenizer.n_bins}),
                        ("decoder", "action_bin", False, {})]
+            # The runtime feeds caches shaped by `model`: a graph that disagrees fails every act.
+            kv = {1: self.model.num_kv_heads, 3: self.model.head_dim}
+            checks += [("decoder", name, True, kv) for name in cache_names(self.model.num_layers, "past")
+                       if self.graphs["decoder"].input(name) is not None]
         for graph, name, is_input, sizes in checks:
             spec = self.graphs[graph]
             tensor = spec.input(name) if is_input else spec.output(name)
@@ -400,6 +412,10 @@ class ArtifactManifest:
 
 def _file_status(folder: Path, spec: FileSpec | GraphSpec, where: str) -> None:
     path = folder / spec.file
+    # A symlink inside the folder could still point anywhere on the robot: follow it and require
+    # the target inside the folder too.
+    if path.exists() and not path.resolve().is_relative_to(folder.resolve()):
+        raise ArtifactError(f"{MANIFEST_FILE}: '{where}' ({spec.file}) resolves outside the artifact folder")
     if not path.is_file():
         raise ArtifactError(f"{path}: missing ({where} in {MANIFEST_FILE})")
     if spec.sha256 is None or spec.bytes is None:
@@ -418,10 +434,24 @@ def _file_status(folder: Path, spec: FileSpec | GraphSpec, where: str) -> None:
 
 
 def verify_files(folder: str | os.PathLike, manifest: ArtifactManifest) -> None:
-    """Check every graph/file/engine the manifest lists: present, right size, right sha256."""
+    """Check every graph/file/engine the manifest lists: present, right size, right sha256; and
+    that every external-data file a graph reads is one of them (ONNX Runtime would load an
+    unlisted one unchecked)."""
     root = Path(folder)
     for where, spec in manifest.all_files().items():
         _file_status(root, spec, where)
+    listed = {PurePosixPath(spec.file) for spec in manifest.all_files().values()}
+    for name, graph in manifest.graphs.items():
+        try:
+            locations = external_data_files(root / graph.file)
+        except (MalformedGraph, OSError) as exc:
+            raise ArtifactError(f"{root / graph.file}: not a readable ONNX graph ({exc})") from exc
+        base = PurePosixPath(graph.file).parent
+        for location in locations:
+            target = base / location
+            if target not in listed or ".." in target.parts:
+                raise ArtifactError(f"{MANIFEST_FILE}: graph '{name}' ({graph.file}) reads external data "
+                                    f"{location!r} that the manifest does not list with its sha256")
 
 
 def read_json_file(path: Path, missing_hint: str) -> Any:
@@ -430,8 +460,8 @@ def read_json_file(path: Path, missing_hint: str) -> Any:
         raise ArtifactError(f"{path}: missing; {missing_hint}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: cannot be parsed as JSON: {exc}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting
+        raise ArtifactError(f"{path}: cannot be parsed as JSON: {type(exc).__name__}: {exc}") from exc
 
 
 def load_manifest(folder: str | os.PathLike, verify: bool = True) -> ArtifactManifest:

@@ -55,6 +55,7 @@ def validate_images(images: Any) -> np.ndarray:
         raise InputError("image", f"expected a numpy uint8 array, got {type(images).__name__}")
     if images.dtype != np.uint8:
         raise InputError("image", f"expected dtype uint8 (0-255 RGB), got {images.dtype}")
+    images = np.asarray(images)  # a subclass (masked array, matrix) as the plain pixels it holds
     batch = images[None] if images.ndim == 3 else images
     if batch.ndim != 4 or batch.shape[-1] != 3:
         raise InputError("image", f"expected shape (H, W, 3) or (B, H, W, 3), got {images.shape}")

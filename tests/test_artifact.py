@@ -98,10 +98,36 @@ def test_write_manifest_refuses_a_missing_file(artifact):
      r"action_logits has size 7 on axis 1, the manifest's configs need 256"),
     (lambda r: _edit_manifest(r, lambda d: d["graphs"]["decoder"]["inputs"].pop()),
      r"graph 'decoder' \(decoder.onnx\) lacks inputs \['past.1.value'\]"),
+    # the runtime would feed caches of 3 heads to a graph of 2: every act would fail
+    (lambda r: _edit_manifest(r, lambda d: d["model"].update(num_kv_heads=3)),
+     r"past.0.key has size 2 on axis 1, the manifest's configs need 3"),
+    (lambda r: _edit_manifest(r, lambda d: d["model"].update(prefix_lm="false")),
+     r"'model.prefix_lm' must be true or false, got 'false'"),
+    (lambda r: _edit_manifest(r, lambda d: d["prompt"].update(max_text_tokens=float("inf"))),
+     r"'prompt' is invalid"),
+    (lambda r: _edit_manifest(r, lambda d: d["action_tokenizer"]["statistics"].update(
+        q01=[1.0] * 7, q99=[-1.0] * 7)), r"'q01' \(1.0\) must be <= 'q99' \(-1.0\)"),
+    (lambda r: _edit_manifest(r, lambda d: d["action_tokenizer"]["statistics"].update(
+        q01=[-1e308] * 7, q99=[1e308] * 7)), r"with a finite difference"),
+    (lambda r: (r / MANIFEST_FILE).write_text("[" * 100_000 + "]" * 100_000), r"cannot be parsed as JSON"),
 ])
 def test_damaged_artifact_is_refused(artifact, damage, message):
     damage(artifact)
     with pytest.raises(ArtifactError, match=message):
+        load_manifest(artifact)
+
+
+def test_a_listed_file_behind_a_symlink_out_of_the_folder_is_refused(artifact, tmp_path):
+    """A relative name can still lead out through a symlink: the runtime would hash (and report the
+    size of) any file on the robot."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("not the artifact's")
+    (artifact / "ext").symlink_to(outside, target_is_directory=True)
+    manifest = load_manifest(artifact)
+    manifest.files["probe"] = FileSpec("ext/secret")
+    write_manifest(artifact, manifest)
+    with pytest.raises(ArtifactError, match=r"'files.probe' \(ext/secret\) resolves outside the artifact folder"):
         load_manifest(artifact)
 
 

@@ -106,6 +106,73 @@ def test_missing_column_and_missing_file_are_named(tmp_path):
         EpisodeDataset(tmp_path / "nowhere")
 
 
+def _edit_episode(root: Path, episode: int, edit) -> None:
+    path = root / f"data/chunk-000/episode_{episode:06d}.parquet"
+    rows = pq.read_table(path).to_pylist()
+    edit(rows)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def _set_action(frame: int, values):
+    def edit(rows):
+        rows[frame]["action"] = values
+    return edit
+
+
+def _set_image(frame: int, image: bytes):
+    def edit(rows):
+        rows[frame]["observation.images.top"] = {"bytes": image, "path": None}
+    return edit
+
+
+def _small_png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("edit, field, message", [
+    (_set_action(2, [0.0, 0.0, float("nan"), 0.0, 0.0, 0.0, 0.0]), "action", r"episode 1, frame 2: dim 2 \(2\) is nan"),
+    (_set_action(1, [0.0] * 9), "action", r"episode 1, frame 1: 9 values, episode 0, frame 0 has 7"),
+    (_set_action(0, None), "action", r"episode 1, frame 0: no value"),
+    (_set_image(1, _small_png()), "observation.images.top",
+     r"episode 1, frame 1: the image is 6x10 \(HxW\), info.json's observation.images.top shape \[8, 10, 3\] is 8x10"),
+    (lambda rows: [r.pop("observation.state") for r in rows], "observation.state",
+     r"column missing in data/chunk-000/episode_000001.parquet"),
+])
+def test_bad_frames_are_refused_naming_episode_frame_and_field(tmp_path, edit, field, message):
+    """Rows of another width would otherwise slide values into the wrong dims, a NaN surface
+    steps into training, an odd image fail a batch without saying where."""
+    write_foreign(tmp_path)
+    _edit_episode(tmp_path, 1, edit)
+    with pytest.raises(DatasetError, match=message) as info:
+        EpisodeDataset(tmp_path)
+    assert info.value.field == field
+
+
+def test_terminate_flag_and_counts_and_info_are_checked(tmp_path):
+    write_foreign(tmp_path / "a")
+    info = json.loads((tmp_path / "a/meta/info.json").read_text())
+    info["features"]["action"]["names"] = ["x", "y", "z", "roll", "pitch", "yaw", "terminate"]
+    (tmp_path / "a/meta/info.json").write_text(json.dumps(info))
+    _edit_episode(tmp_path / "a", 0, _set_action(1, [0.0] * 6 + [0.7]))
+    with pytest.raises(DatasetError, match=r"episode 0, frame 1: the terminate flag is 0.7"):
+        EpisodeDataset(tmp_path / "a")
+    write_foreign(tmp_path / "b", version="v3.0")  # several episodes per file: a lost file only shows in counts
+    info = json.loads((tmp_path / "b/meta/info.json").read_text())
+    (tmp_path / "b/meta/info.json").write_text(json.dumps({**info, "total_frames": 9}))
+    with pytest.raises(DatasetError, match=r"lists 9, the data files hold 6") as err:
+        EpisodeDataset(tmp_path / "b")
+    assert err.value.field == "total_frames"
+    (tmp_path / "b/meta/info.json").write_text('{"features": ')
+    with pytest.raises(DatasetError, match="cannot be read"):
+        EpisodeDataset(tmp_path / "b")
+    (tmp_path / "b/meta/info.json").write_text(json.dumps({**info, "total_episodes": "2",
+                                                           "data_path": "data/episode_{episode_index}.parquet"}))
+    with pytest.raises(DatasetError, match="total_episodes"):
+        EpisodeDataset(tmp_path / "b")
+
+
 def test_image_key_choice(tmp_path):
     write_foreign(tmp_path)
     with pytest.raises(ConfigError, match="image_key"):

@@ -253,7 +253,7 @@ def test_instruction_first_prompt_round_trips_through_the_runtime(tokenizer, tmp
     assert load_manifest(art).format_version == 3  # a reader that knows only image-first prompts refuses it
     runtime = Policy.load(art, num_threads=1)
     assert runtime.prompt.instruction_first
-    before, after = runtime._text_embeds("open the drawer")
+    before, after = runtime._text.embeds("open the drawer")
     assert before.shape[1] > 1 and after.shape[1] == 0  # [bos + text] [image] [no suffix]
     action = runtime.act(np.zeros((32, 32, 3), np.uint8), "open the drawer")
     assert not action.safe_fallback, action.reason

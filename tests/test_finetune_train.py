@@ -111,6 +111,58 @@ def test_resume_refuses_changed_settings_and_never_mode(dataset, tmp_path):
     assert err.value.field == "resume"
 
 
+class DropoutTrainer:
+    """A finetune trainer whose model draws random numbers in its forward (dropout on the
+    projector output): resume must restore the random stream exactly."""
+
+    @staticmethod
+    def make(cfg):
+        from distill.finetune.trainer import FinetuneTrainer
+
+        class Trainer(FinetuneTrainer):
+            def build_policy(self, robot):
+                policy = super().build_policy(robot)
+                projector = policy.model.model.multi_modal_projector
+                projector.register_forward_hook(lambda m, i, o: torch.nn.functional.dropout(o, 0.2, m.training))
+                return policy
+
+        return Trainer(cfg).run()
+
+
+def test_resume_with_a_stochastic_model_matches_the_uninterrupted_run(dataset, tmp_path):
+    kw = dict(steps=6, vqa_ratio=0.0)
+    DropoutTrainer.make(config(dataset, tmp_path / "full", **kw))
+    DropoutTrainer.make(config(dataset, tmp_path / "split", max_steps_per_run=3, **kw))
+    DropoutTrainer.make(config(dataset, tmp_path / "split", **kw))
+    a, b = (load_file(tmp_path / run_ / "model.safetensors") for run_ in ("full", "split"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+def test_resume_on_a_changed_dataset_is_refused(tmp_path):
+    from rt2edge.data import GenerateConfig, generate
+
+    data = tmp_path / "data"
+    generate(GenerateConfig(out=str(data), episodes=4, seed=0))
+    run(config(str(data), tmp_path / "run", steps=4, max_steps_per_run=2))
+    generate(GenerateConfig(out=str(data), episodes=6, seed=0))  # extended in place, as data generate allows
+    with pytest.raises(ConfigError, match="is not the dataset this run started on") as err:
+        run(config(str(data), tmp_path / "run", steps=4))
+    assert err.value.field == "data"
+
+
+def test_a_torn_last_log_line_is_dropped_and_a_torn_middle_line_named(tmp_path):
+    from rt2edge.errors import ArtifactError
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    trim_log(log, 5)
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    log.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(ArtifactError, match="line 2 is not JSON"):
+        trim_log(log, 5)
+
+
 def test_warmup_cosine_schedule():
     assert warmup_cosine(0, 4, 20, 0.1) == pytest.approx(0.2)
     assert warmup_cosine(4, 4, 20, 0.1) == pytest.approx(1.0)

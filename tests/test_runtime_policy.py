@@ -34,7 +34,7 @@ def test_act_matches_cache_free_reference(tiny):
         instruction = INSTRUCTIONS[i % len(INSTRUCTIONS)]
         action = policy.act(image, instruction)
         assert not action.safe_fallback, action.reason
-        ids = policy._text_tokenizer.encode(policy.prompt.text(instruction), add_special_tokens=False).ids
+        ids = policy._text.tokenizer.encode(policy.prompt.text(instruction), add_special_tokens=False).ids
         text_ids = policy.prompt.build_input_ids(ids)[policy.prompt.num_image_tokens:]
         expected = model.reference_bins(policy.preprocessing(image), text_ids, 8, prefix_lm)
         np.testing.assert_array_equal(action.bins, expected)
@@ -59,7 +59,7 @@ def test_decoder_runs_and_kv_cache_shapes(tiny):
 
 def test_text_embeddings_are_cached_per_instruction(tiny):
     policy = Policy.load(tiny[0], text_cache_size=2)
-    policy._embed = embed = CountingRunner(policy._embed)
+    policy._text._embed = embed = CountingRunner(policy._text._embed)
     image = np.zeros((16, 16, 3), np.uint8)
     first = policy.act(image, "open the drawer")
     again = policy.act(image, "  open   the drawer ")  # same text after whitespace normalization
@@ -161,7 +161,7 @@ def _frames(n: int, seed: int = 0) -> list[np.ndarray]:
 def test_prefix_cache_prefills_only_the_image_after_the_first_frame_of_an_instruction(text_first):
     policy, whole = Policy.load(text_first, num_threads=1), Policy.load(text_first, num_threads=1, prefix_cache_size=0)
     assert policy.prefix_cache_size == 2 and whole.prefix_cache_size == 0
-    assert WARM_UP_TEXT not in policy._prefix and WARM_UP_TEXT not in policy._text_cache
+    assert WARM_UP_TEXT not in policy._prefix and WARM_UP_TEXT not in policy._text
     policy._decoder = decoder = CountingRunner(policy._decoder)
     # a cache of 2, least recently used out: the 5th evicts "move it left", the 6th "open the drawer"
     texts = ["open the drawer", "open the drawer", "move it left", "open the drawer", "pick up the red block",
@@ -192,19 +192,32 @@ def test_prefix_cache_estimates_both_prefills_for_the_deadline(text_first):
     assert policy.latency.has(PREFILL_CACHED) and not policy.latency.has("prefill")
 
 
+class FailsAfterAPast:
+    """A backend that cannot prefill (T > 1) after a past."""
+
+    def __init__(self, inner):
+        self.inner, self.input_names = inner, inner.input_names
+
+    def run(self, feeds, outputs):
+        if feeds["past.0.key"].shape[2] and feeds["inputs_embeds"].shape[1] > 1:
+            raise RuntimeError("unsupported shape")
+        return self.inner.run(feeds, outputs)
+
+
+def test_a_backend_that_fails_the_cached_prefill_at_load_gets_no_cache(text_first, caplog):
+    loaded = Policy.load(text_first, num_threads=1)
+    runners = {"vision": loaded._vision, "embed": loaded._embed, "decoder": FailsAfterAPast(loaded._decoder)}
+    policy = Policy(loaded.folder, loaded.manifest, runners, loaded.provider)
+    with caplog.at_level(logging.INFO, logger="rt2edge.runtime"):
+        policy.verify_prefix_cache(2)
+    assert policy.prefix_cache_size == 0 and "prefix cache off (the prefill from the cached text failed" in caplog.text
+    assert "prefix cache on" not in caplog.text
+
+
 def test_a_failing_cached_prefill_turns_the_cache_off_and_acts_anyway(text_first, caplog):
     policy = Policy.load(text_first, num_threads=1)
     image = _frames(1)[0]
     first = policy.act(image, "open the drawer")
-
-    class FailsAfterAPast:  # a backend that cannot prefill after a past of this length
-        def __init__(self, inner):
-            self.inner, self.input_names = inner, inner.input_names
-
-        def run(self, feeds, outputs):
-            if feeds["past.0.key"].shape[2] and feeds["inputs_embeds"].shape[1] > 1:
-                raise RuntimeError("unsupported shape")
-            return self.inner.run(feeds, outputs)
 
     policy._decoder = FailsAfterAPast(policy._decoder)
     with caplog.at_level(logging.WARNING, logger="rt2edge.runtime"):

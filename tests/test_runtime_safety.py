@@ -190,3 +190,62 @@ def test_clipped_actions_never_exceed_float64_bounds_by_rounding() -> None:
     assert low32.dtype == np.float32
     assert np.all(low32[1:].astype(np.float64) >= low[1:]) and np.all(high32[1:].astype(np.float64) <= high[1:])
     assert low32[0] == high32[0] == np.float32(0.1)  # degenerate dim: the nearest float32
+
+
+class SlowLastStep:
+    """The last decoder run of an action takes `delay` seconds: nothing runs after it to check."""
+
+    def __init__(self, inner, delay, last_past_length):
+        self.inner, self.input_names, self.delay, self.last = inner, inner.input_names, delay, last_past_length
+
+    def run(self, feeds, outputs):
+        if int(feeds["past_length"][0]) == self.last:
+            time.sleep(self.delay)
+        return self.inner.run(feeds, outputs)
+
+
+def test_an_action_that_finishes_late_is_a_miss(root):
+    policy = Policy.load(root, deadline_s=0.05, warmup=3)
+    prompt = 4 + 1 + len("what action should the robot take to pick up the red block ?".split())
+    policy._decoder = SlowLastStep(policy._decoder, 0.08, prompt + 6)
+    action = policy.act(np.zeros((16, 16, 3), np.uint8), "pick up the red block")
+    assert action.safe_fallback and "the action took" in action.reason and action.timing["total"] > 0.05
+    assert_in_bounds(policy, action)
+
+
+def test_an_instruction_is_refused_even_when_the_act_would_be_skipped(root):
+    policy = Policy.load(root, deadline_s=1e-7)
+    assert policy.act(np.zeros((16, 16, 3), np.uint8), "open the drawer").safe_fallback  # skipped
+    with pytest.raises(InputError, match="special tokens"):
+        policy.act(np.zeros((16, 16, 3), np.uint8), "put the <image> on the block")
+
+
+def test_one_hiccup_after_load_does_not_predict_a_miss():
+    estimator = LatencyEstimator()
+    estimator.record("vision", 0.002)
+    estimator.record("vision", 0.3)  # one scheduling hiccup among the first samples
+    assert estimator.predict("vision") == pytest.approx(0.002)
+    estimator.record("vision", 0.3)
+    assert estimator.predict("vision") == pytest.approx(0.3)  # three samples: the median
+
+
+def test_input_handling_failures_are_safe_actions_and_subclasses_are_plain_pixels(root, monkeypatch):
+    policy = Policy.load(root)
+    masked = np.ma.masked_array(np.zeros((16, 16, 3), np.uint8), mask=False)
+    assert not policy.act(masked, "open the drawer").safe_fallback
+
+    def out_of_memory(image):
+        raise MemoryError("converting a float image")
+
+    monkeypatch.setattr(policy, "_validate_image", out_of_memory)
+    action = policy.act(np.zeros((16, 16, 3), np.float32), "open the drawer")
+    assert action.safe_fallback and "MemoryError" in action.reason
+    assert_in_bounds(policy, action)
+
+
+def test_text_cache_size_is_checked_before_loading(root):
+    from rt2edge.errors import ConfigError
+
+    for bad in ("16", None, 0, True):
+        with pytest.raises(ConfigError, match="text_cache_size"):
+            Policy.load(root, text_cache_size=bad)

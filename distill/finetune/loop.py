@@ -47,6 +47,7 @@ class CoTrainingLoop:
 
     Subclasses implement:
       robot_frames()      the robot source: len() and [i] -> an object with image, instruction, action
+      pin_robot_frames(r) optional: refuse a resume whose robot source changed
       build_policy(robot) the VLAPolicy to train
       training_module()   the nn.Module given to `accelerate.prepare` (what DDP/FSDP wraps); every
                           forward of a step must go through it, once
@@ -80,14 +81,19 @@ class CoTrainingLoop:
         set_seed(cfg.seed)
 
         robot = self.robot_frames()
+        self.pin_robot_frames(robot)
         self.policy = self.build_policy(robot)
         vqa = build_vqa_pool(cfg.vqa_pool_size, cfg.seed, robot[0].image.shape[0]) if cfg.vqa_ratio > 0 else None
         mixture = CoTrainingMixture(len(robot), 0 if vqa is None else len(vqa), cfg.batch_size, cfg.vqa_ratio, cfg.seed)
         self.end_step = cfg.steps if cfg.max_steps_per_run is None else min(
             cfg.steps, self.start.step + cfg.max_steps_per_run)
+        # Its own generator: a DataLoader iterator draws a seed from the one it is given, and from
+        # torch's global one by default, which `load_state` restores on resume, so every later
+        # dropout mask would be one draw off an uninterrupted run's.
         loader = torch.utils.data.DataLoader(
             CoTrainingDataset(robot, vqa, ImageAugmentation() if cfg.augment else None),
-            batch_sampler=MixtureBatchSampler(mixture, self.start.step, self.end_step), collate_fn=collate_raw)
+            batch_sampler=MixtureBatchSampler(mixture, self.start.step, self.end_step), collate_fn=collate_raw,
+            generator=torch.Generator())
 
         self.policy.train()
         module = self.training_module()
@@ -107,6 +113,9 @@ class CoTrainingLoop:
     # --------------------------------------------------------------------------- subclass hooks
     def robot_frames(self) -> Any:
         raise NotImplementedError
+
+    def pin_robot_frames(self, robot: Any) -> None:
+        """Refuse to resume on robot frames other than the run's first (default: nothing to pin)."""
 
     def build_policy(self, robot: Any) -> Any:
         raise NotImplementedError

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rt2edge.atomic import atomic_write_text
+from rt2edge.errors import ArtifactError
 from rt2edge.models.checkpoint import METADATA_FILE
 
 STAGING_DIRNAME = ".final-staging"
@@ -75,10 +76,19 @@ def publish_checkpoint(policy: Any, out: Path) -> None:
 
 
 def trim_log(path: Path, step: int) -> None:
-    """Drop log rows after `step`: a resumed run redoes those steps and logs them again."""
+    """Drop log rows after `step`: a resumed run redoes those steps and logs them again. Rows are
+    appended, so a crash (or a full disk) mid-append leaves a torn last line: dropped too."""
     if not path.is_file():
         return
     rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= step]
+    parsed = []
+    for i, line in enumerate(rows):
+        try:
+            parsed.append((line, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            if i == len(rows) - 1:
+                break
+            raise ArtifactError(f"{path}: line {i + 1} is not JSON ({exc}); fix or remove it to resume") from exc
+    kept = [line for line, row in parsed if row.get("step", 0) <= step]
     if len(kept) != len(rows):
         atomic_write_text(path, "".join(line + "\n" for line in kept))

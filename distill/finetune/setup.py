@@ -15,6 +15,7 @@ import numpy as np
 from distill.finetune import checkpointing, losses
 from distill.finetune.config import FinetuneConfig, TrainingConfig
 from distill.finetune.data import RawItem
+from rt2edge.atomic import atomic_write_json
 from rt2edge.errors import ConfigError
 
 log = logging.getLogger("rt2edge.distill.finetune")
@@ -118,6 +119,26 @@ def full_head_probe(policy: Any, items: list[RawItem]) -> Any:
 def freeze_unused_parameters(policy: Any, items: list[RawItem]) -> list[str]:
     """`freeze_unreached_parameters` of the policy's model under co-fine-tuning."""
     return freeze_unreached_parameters(policy.model, lambda: full_head_probe(policy, items))
+
+
+DATA_FINGERPRINT_FILE = "data_fingerprint.json"
+
+
+def pin_dataset(out: Path, dataset: Any, data: str, resuming: bool, write: bool) -> None:
+    """Record the dataset's content fingerprint in the run folder; on a resume, refuse a dataset
+    whose fingerprint differs (a run from before this file existed is pinned from now on)."""
+    from distill.cache.fingerprint import dataset_fingerprint
+
+    path = out / DATA_FINGERPRINT_FILE
+    current = dataset_fingerprint(dataset)
+    if resuming and path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded.get("fingerprint") != current:
+            raise ConfigError("data", f"{data} is not the dataset this run started on ({recorded.get('frames')} "
+                                      f"frames then, {len(dataset)} now; content fingerprints differ): resume "
+                                      "on that dataset, or start a new --out")
+    elif write:
+        atomic_write_json(path, {"fingerprint": current, "frames": len(dataset), "data": str(data)})
 
 
 def resume_point(cfg: TrainingConfig, out: Path) -> Path | None:

@@ -29,6 +29,12 @@ class FinetuneTrainer(CoTrainingLoop):
 
         return EpisodeDataset(self.cfg.data)
 
+    def pin_robot_frames(self, robot: Any) -> None:
+        # `data generate` extends a dataset in place: resuming on more (or other) frames would
+        # change every later batch and the action statistics the bins were learnt with.
+        setup.pin_dataset(self.out, robot, self.cfg.data, self.resume_dir is not None,
+                          self.accelerator.is_main_process)
+
     def build_policy(self, robot: Any) -> Any:
         return setup.build_policy(self.cfg, robot.action_statistics(), Path(self.cfg.data).resolve().name or "default")
 

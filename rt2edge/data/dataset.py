@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rt2edge.actions import ActionStatistics
-from rt2edge.data import lerobot
+from rt2edge.data import frame_checks, lerobot
 from rt2edge.atomic import is_temporary
 from rt2edge.data.files import read_jsonl
 from rt2edge.data.lerobot import DatasetError, pa, pq
@@ -68,7 +68,13 @@ def _read_info(root: Path) -> dict[str, Any]:
     if not path.exists():
         raise DatasetError("meta/info.json", f"missing in {root}: not a LeRobot dataset, or its "
                                              "generation has not finished (rerun it to resume)")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError("meta/info.json", f"cannot be read in {root}: {exc}") from exc
+    if not isinstance(info, dict) or not isinstance(info.get("features"), dict):
+        raise DatasetError("meta/info.json", f"in {root} has no 'features' object: not a LeRobot dataset")
+    return info
 
 
 def _image_key(features: dict[str, Any], requested: str | None) -> str:
@@ -103,8 +109,10 @@ def _data_files(root: Path, info: dict[str, Any]) -> list[Path]:
     template = info.get("data_path", lerobot.DATA_PATH)
     if "{episode_index" in template:  # v2.x: one file per listed episode
         chunks = int(info.get("chunks_size", 1000))
+        if not isinstance(info.get("total_episodes"), int):
+            raise DatasetError("meta/info.json", "needs 'total_episodes' (an int) to find one file per episode")
         files = [root / template.format(episode_chunk=i // chunks, episode_index=i)
-                 for i in range(int(info["total_episodes"]))]
+                 for i in range(info["total_episodes"])]
         missing = [str(p.relative_to(root)) for p in files if not p.exists()]
         if missing:
             raise DatasetError(missing[0], f"missing ({len(missing)} episode files in all)")
@@ -124,7 +132,7 @@ def _load(root: Path, image_key: str | None) -> _Store:
     tables = []
     for path in _data_files(root, info):
         names = pq.read_schema(path).names
-        absent = [c for c in required if c not in names]
+        absent = [c for c in required + optional if c not in names]
         if absent:
             raise DatasetError(absent[0], f"column missing in {path.relative_to(root)}")
         tables.append(pq.read_table(path, columns=required + optional))
@@ -136,19 +144,35 @@ def _load(root: Path, image_key: str | None) -> _Store:
     if not pa.types.is_struct(images.type):
         raise DatasetError(key, f"expected image structs {{bytes, path}}, got {images.type}")
     n = table.num_rows
-    states = (lerobot.column_vectors(table.column("observation.state"), "observation.state")
+    episode_index = table.column("episode_index").to_numpy().astype(np.int64)
+    frame_index = table.column("frame_index").to_numpy().astype(np.int64)
+
+    def where(row: int) -> str:
+        return f"episode {episode_index[row]}, frame {frame_index[row]}"
+
+    states = (lerobot.column_vectors(table.column("observation.state"), "observation.state", where)
               if optional else np.zeros((n, 0)))
     store = _Store(
         root=root, info=info, image_key=key, images=images,
         states=states.astype(np.float32),
-        actions=lerobot.column_vectors(table.column("action"), "action").astype(np.float32),
-        episode_index=table.column("episode_index").to_numpy().astype(np.int64),
-        frame_index=table.column("frame_index").to_numpy().astype(np.int64),
+        actions=lerobot.column_vectors(table.column("action"), "action", where).astype(np.float32),
+        episode_index=episode_index, frame_index=frame_index,
         task_index=table.column("task_index").to_numpy().astype(np.int64),
         tasks=_read_tasks(root), episodes={},
     )
     _check_and_index_episodes(store)
+    _check_frames(store, features)
     return store
+
+
+def _check_frames(store: _Store, features: dict[str, Any]) -> None:
+    episode, frame = store.episode_index, store.frame_index
+    frame_checks.check_vectors(store.actions, "action", _names(features.get("action", {})), episode, frame)
+    if store.states.shape[1]:
+        frame_checks.check_vectors(store.states, "observation.state", _names(features["observation.state"]),
+                                   episode, frame)
+    frame_checks.check_image_sizes(store.images, store.image_key, features[store.image_key], episode, frame)
+    frame_checks.check_counts(store.info, len(store.episodes), len(store.actions))
 
 
 def _check_and_index_episodes(store: _Store) -> None:

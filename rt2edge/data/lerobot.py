@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -26,7 +26,8 @@ from rt2edge.errors import DatasetError
 from rt2edge.optional import require
 
 pa = require("pyarrow", extra="toolkit", purpose="LeRobot parquet datasets")
-import pyarrow.parquet as pq  # noqa: E402  (pyarrow is present once `require` returned)
+import pyarrow.compute as pc  # noqa: E402  (pyarrow is present once `require` returned)
+import pyarrow.parquet as pq  # noqa: E402
 
 CODEBASE_VERSION = "v2.1"
 DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
@@ -120,16 +121,30 @@ def write_table(table: "pa.Table", path) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
-def column_vectors(column: "pa.ChunkedArray | pa.Array", name: str) -> np.ndarray:
-    """A list<float> column (fixed length per row) as an (N, D) float64 array."""
+def column_vectors(column: "pa.ChunkedArray | pa.Array", name: str,
+                   where: Callable[[int], str] = lambda row: f"row {row}") -> np.ndarray:
+    """A list<float> column (fixed length per row) as an (N, D) float64 array. `where(row)` names
+    a row in errors (e.g. its episode and frame)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     n = len(arr)
     if n == 0:
         return np.zeros((0, 0))
+    if arr.null_count:
+        raise DatasetError(name, f"{where(_first(arr.is_null()))}: no value")
+    # Rows of 7 and 9 values would flatten to a multiple of the row count and slide every value
+    # after the first short row into the wrong dim: check each row's own length.
+    lengths = pc.list_value_length(arr)
+    if pc.min(lengths).as_py() != pc.max(lengths).as_py():
+        first = lengths[0].as_py()
+        row = _first(pc.not_equal(lengths, first))
+        raise DatasetError(name, f"{where(row)}: {lengths[row].as_py()} values, {where(0)} has {first}")
     flat = np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
-    if flat.size % n:
-        raise DatasetError(name, "rows have different lengths")
     return flat.reshape(n, flat.size // n)
+
+
+def _first(mask: "pa.Array") -> int:
+    """Index of the first true value of a boolean array."""
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
 
 
 def read_vectors(path, name: str) -> np.ndarray:

@@ -18,6 +18,9 @@ import time
 from collections import Counter, deque
 
 
+MIN_SAMPLES = 3  # samples of a stage before its median is trusted
+
+
 class DeadlineExceeded(Exception):
     """Raised inside `act` to abandon an inference that would miss its deadline."""
 
@@ -31,10 +34,16 @@ class LatencyEstimator:
         self._samples.setdefault(stage, deque(maxlen=self.window)).append(seconds)
 
     def predict(self, stage: str) -> float:
-        """Median seconds of `stage`; 0 when it was never measured (no evidence to skip on)."""
+        """Median seconds of `stage`; 0 when it was never measured (no evidence to skip on), and
+        the smallest sample while there are fewer than MIN_SAMPLES: one hiccup right after load
+        must not predict a miss, or the policy skips (and so never re-measures) for many frames."""
         samples = self._samples.get(stage)
+        if not samples:
+            return 0.0
+        if len(samples) < MIN_SAMPLES:
+            return min(samples)
         # statistics.median: ~1 us on 16 floats, np.median ~15 us (it runs up to 12x per act).
-        return statistics.median(samples) if samples else 0.0
+        return statistics.median(samples)
 
     def has(self, stage: str) -> bool:
         return bool(self._samples.get(stage))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,13 +22,13 @@ import numpy as np
 from rt2edge.artifact import ArtifactManifest, cache_names, load_manifest
 from rt2edge.errors import ConfigError, InputError
 from rt2edge.observation import validate_images, validate_instruction
-from rt2edge.optional import require
 from rt2edge.runtime import engine as _engine  # noqa: F401  (registers the tensorrt-engine backend)
 from rt2edge.runtime.action import Action, ActionGuard
 from rt2edge.runtime.backends import BackendOptions, open_graphs
 from rt2edge.runtime.latency import Deadline, DeadlineExceeded, LatencyEstimator, SkipPolicy
 from rt2edge.runtime.prefix_cache import (PrefixKVCache, check_prefix_cache_size, outputs_match,
                                           prefix_cache_refusal)
+from rt2edge.runtime.prompt_text import PromptText, check_text_cache_size
 
 log = logging.getLogger("rt2edge.runtime")
 
@@ -55,12 +54,7 @@ class Policy:
         self.latency = LatencyEstimator()
         self._skip = SkipPolicy()
         self._vision, self._embed, self._decoder = (runners[g] for g in ("vision", "embed", "decoder"))
-        tokenizers = require("tokenizers", extra="cpu", purpose="tokenizing instructions")
-        self._text_tokenizer = tokenizers.Tokenizer.from_file(
-            str(folder / manifest.files["tokenizer"].file))
-        self._special_ids = _special_token_ids(self._text_tokenizer)
-        self._text_cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._text_cache_size = text_cache_size
+        self._text = PromptText(folder / manifest.files["tokenizer"].file, self.prompt, self._embed, text_cache_size)
 
         model = manifest.model
         # [Contract] a parallel artifact's decoder gives every action token in one run, from the
@@ -111,6 +105,7 @@ class Policy:
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ConfigError("num_threads", f"must be an int >= 1 or None, got {num_threads!r}")
         check_prefix_cache_size(prefix_cache_size)
+        check_text_cache_size(text_cache_size)
         folder = Path(artifact_dir)
         manifest = load_manifest(folder, verify=True)  # before any session reads a byte
         manifest.action_tokenizer(unnorm_key)  # an unknown dataset is refused before any session
@@ -139,7 +134,7 @@ class Policy:
         finally:
             self.deadline_s = deadline
             self.guard.reset()
-            self._text_cache.pop(WARM_UP_TEXT, None)
+            self._text.pop(WARM_UP_TEXT)
             self._prefix.pop(WARM_UP_TEXT)
 
     def _warm_act(self, image: np.ndarray) -> None:
@@ -169,15 +164,18 @@ class Policy:
         try:
             pixel_values = self.preprocessing(np.full((1, side, side, 3), 127, np.uint8))
             image = self._vision.run({"pixel_values": pixel_values}, ["image_embeds"])[0].astype(np.float32)
-            before, after = self._text_embeds(WARM_UP_TEXT)
+            before, after = self._text.embeds(WARM_UP_TEXT)
             prefix = np.zeros(1, np.int64)
             whole = self._prefill(WARM_UP_TEXT, before, image, after, prefix)
             cached = self._prefill(WARM_UP_TEXT, before, image, after, prefix)
-            why = None if outputs_match(whole, cached) else "outputs differ from the whole prefill"
+            if not self._prefix.size:  # the cached prefill raised: _prefill logged it, turned it off
+                why = "the prefill from the cached text failed"
+            else:
+                why = None if outputs_match(whole, cached) else "outputs differ from the whole prefill"
         except Exception as exc:  # noqa: BLE001  (any failure here only turns the cache off)
             why = f"{type(exc).__name__}: {exc}"
         finally:
-            self._text_cache.pop(WARM_UP_TEXT, None)
+            self._text.pop(WARM_UP_TEXT)
             self._prefix.pop(WARM_UP_TEXT)
         if why is not None:
             log.warning("rt2edge runtime: prefix cache off (%s on %s)", why, self.provider)
@@ -193,9 +191,17 @@ class Policy:
     def act(self, image: Any, instruction: Any) -> Action:
         """One action for one RGB image ((H, W, 3) uint8, or float in [0, 1]) and an instruction."""
         start = time.perf_counter()
-        batch = self._validate_image(image)
-        text = validate_instruction(instruction)
         timing: dict[str, float] = {}
+        try:
+            text = validate_instruction(instruction)
+            if text not in self._text:  # refused now, whether or not this act is then skipped
+                self._text.input_ids(text)
+            batch = self._validate_image(image)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (e.g. MemoryError converting a huge float image)
+            timing["total"] = time.perf_counter() - start
+            return self._fallback(f"input handling failed: {type(exc).__name__}: {exc}", timing)
         predicted = (0.0 if self.deadline_s is None else
                      self.latency.predict_sum(self._stages(cached=self._prefix_hit(text))))
         skip, probe = self._skip.decide(self.deadline_s, predicted)
@@ -215,6 +221,10 @@ class Policy:
             log.exception("rt2edge runtime: inference failed, returning the safe action")
             timing["total"] = time.perf_counter() - start
             return self._fallback(f"inference failed: {type(exc).__name__}: {exc}", timing)
+        # The checks run between stages: a slow last stage is only seen here. Late is a miss.
+        if self.deadline_s is not None and action.timing["total"] > self.deadline_s:
+            return self._fallback(f"deadline {self.deadline_s * 1e3:.2f} ms: the action took "
+                                  f"{action.timing['total'] * 1e3:.2f} ms", dict(action.timing))
         self.guard.commit(action.values)
         return action
 
@@ -240,7 +250,7 @@ class Policy:
         t = start
         pixel_values = self.preprocessing(batch)
         t = self._timed("preprocess", timing, t)
-        before, after = self._text_embeds(text)  # InputError when the prompt has too many tokens
+        before, after = self._text.embeds(text)  # InputError when the prompt has too many tokens
         t = self._timed("embed", timing, t)
         cached = self._prefix_hit(text)
         deadline.check("before vision", self._stages("embed", cached=cached))
@@ -348,40 +358,3 @@ class Policy:
         if batch.shape[0] != 1:
             raise InputError("image", f"act() takes one image, got a batch of {batch.shape[0]}")
         return batch
-
-    def _text_embeds(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """[1, T, D] embeddings of the prompt's ids before and after its image tokens (embedded
-        once per text; the vision embeddings take the image tokens' place)."""
-        cached = self._text_cache.get(text)
-        if cached is not None:
-            self._text_cache.move_to_end(text)
-            return cached
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InputError("instruction", f"is not valid unicode: {exc.reason}") from exc
-        ids = self._text_tokenizer.encode(self.prompt.text(text), add_special_tokens=False).ids
-        special = self._special_ids.intersection(ids)
-        if special:  # same refusal as the torch side: "<image>" in a text would add a placeholder
-            names = sorted(self._text_tokenizer.id_to_token(i) for i in special)
-            raise InputError("instruction", f"contains special tokens {names}")
-        input_ids = self.prompt.build_input_ids(ids)
-        # [Contract] PromptFormat puts its num_image_tokens image placeholders in one run (first,
-        # or after the instruction): the ids on either side are embedded, the vision fills the run.
-        start = int(np.argmax(input_ids == self.prompt.image_token_id))
-        end = start + self.prompt.num_image_tokens
-        embeds = self._embed.run({"input_ids": np.concatenate([input_ids[:start], input_ids[end:]])[None]},
-                                 ["inputs_embeds"])[0].astype(np.float32)
-        parts = (embeds[:, :start], embeds[:, start:])
-        self._text_cache[text] = parts
-        if len(self._text_cache) > self._text_cache_size:
-            self._text_cache.popitem(last=False)
-        return parts
-
-
-def _special_token_ids(tokenizer: Any) -> set[int]:
-    """Ids of the tokenizer's special added tokens (bos, eos, pad, <image>, ...), except the unknown
-    token: an unknown word in an instruction is not an attempt to inject prompt structure."""
-    unk = getattr(tokenizer.model, "unk_token", None)
-    return {i for i, tok in tokenizer.get_added_tokens_decoder().items()
-            if tok.special and tok.content != unk}
