@@ -56,5 +56,9 @@ class ExportValidationError(Rt2EdgeError):
     """An exported graph disagrees with the torch model beyond the allowed tolerance."""
 
 
+class TrainingDivergedError(Rt2EdgeError):
+    """A training step's loss or gradient was not finite; nothing of that step was applied or saved."""
+
+
 class MissingDependencyError(Rt2EdgeError, ImportError):
     """An optional package is not installed; the message says which extra provides it."""

@@ -139,6 +139,26 @@ def test_resume_with_a_stochastic_model_matches_the_uninterrupted_run(dataset, t
         torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-7)
 
 
+def test_a_non_finite_loss_stops_the_run_before_the_weights_take_it(dataset, tmp_path):
+    from distill.finetune.checkpointing import TrainerState, latest_checkpoint
+    from distill.finetune.trainer import FinetuneTrainer
+    from rt2edge.errors import TrainingDivergedError
+
+    class NaNAtStep3(FinetuneTrainer):
+        def loss_sums(self, items):
+            loss, n, stats = super().loss_sums(items)
+            return (loss * float("nan"), n, stats) if self.steps_done == 2 else (loss, n, stats)
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match="step 3: the gradient norm is nan"):
+        NaNAtStep3(config(dataset, out, checkpoint_every=1)).run()
+    last = latest_checkpoint(out)
+    assert TrainerState.load(last).step == 2  # steps 1 and 2 saved, nothing of step 3
+    weights = load_file(last / "model.safetensors")
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values())
+    assert not (out / "rt2edge.json").exists()
+
+
 def test_resume_on_a_changed_dataset_is_refused(tmp_path):
     from rt2edge.data import GenerateConfig, generate
 

@@ -25,7 +25,7 @@ from distill.finetune.config import TrainingConfig
 from distill.finetune.data import CoTrainingDataset, RawItem, build_vqa_pool, collate_raw
 from distill.finetune.mixture import CoTrainingMixture, MixtureBatchSampler
 from distill.finetune.run_control import GracefulStop, publish_checkpoint, trim_log
-from rt2edge.errors import ConfigError
+from rt2edge.errors import ConfigError, TrainingDivergedError
 from rt2edge.optional import require
 
 LOG_FILENAME = "train_log.jsonl"
@@ -74,6 +74,7 @@ class CoTrainingLoop:
         self.resume_dir = setup.resume_point(cfg, self.out)
         self.start = (checkpointing.TrainerState.load(self.resume_dir) if self.resume_dir
                       else checkpointing.TrainerState(0, 0, 0.0))
+        self.steps_done = self.start.step
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out)
@@ -144,6 +145,13 @@ class CoTrainingLoop:
         acc.backward(loss_sum * acc.num_processes / n_global.clamp(min=1))
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
+        # A NaN/inf loss makes a NaN gradient norm (the same on every process): stop before the
+        # optimizer writes NaN into the weights, which the next checkpoint would keep and the
+        # rotation would make the only one left.
+        if not bool(self.torch.isfinite(grad_norm)):
+            raise TrainingDivergedError(f"step {self.steps_done + 1}: the gradient norm is {float(grad_norm)} "
+                                        f"(lr {lr:.3g}); nothing of this step was applied. Resume from the last "
+                                        f"checkpoint in {self.out} with a lower --lr or --max-grad-norm")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -161,6 +169,7 @@ class CoTrainingLoop:
             desc=self.progress_desc, unit="step", dynamic_ncols=True)
         with GracefulStop() as stop:
             for items in self.loader:
+                self.steps_done = step
                 stats, grad_norm, lr = self.train_step(items)
                 step, samples = step + 1, samples + cfg.batch_size
                 window += stats
