@@ -63,6 +63,31 @@ def atomic_write_jsonl(path: Path, rows: Iterable[Any]) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def fsync_tree(root: Path) -> None:
+    """Flush every file under `root`, then the folders themselves (their entries), to disk: what a
+    folder written by another library (accelerate's save_state) needs before it is renamed into
+    place and older copies are deleted, or a power loss can leave only a truncated newest one."""
+    root = Path(root)
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        fsync_path(path)
+    fsync_path(root)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync one file, or one folder's entries (after a rename into it)."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # e.g. a platform that cannot open a folder (Windows): best effort
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def remove_temporaries(root: Path) -> int:
     """Delete leftovers of interrupted writes under `root`; returns how many were removed."""
     removed = 0

@@ -183,6 +183,18 @@ def test_a_torn_last_log_line_is_dropped_and_a_torn_middle_line_named(tmp_path):
         trim_log(log, 5)
 
 
+def test_checkpoints_clear_leftovers_of_crashed_saves(dataset, tmp_path):
+    """A save interrupted at another step (a SIGTERM mid-write) leaves a .tmp-step folder: the next
+    save removes it, and only finished steps count as checkpoints."""
+    out = tmp_path / "run"
+    stale = out / "training_state" / ".tmp-step-00000099"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half written")
+    run(config(dataset, out, steps=2, checkpoint_every=1))
+    assert not stale.exists()
+    assert [d.name for d in checkpoint_dirs(out)] == ["step-00000001", "step-00000002"][-len(checkpoint_dirs(out)):]
+
+
 def test_warmup_cosine_schedule():
     assert warmup_cosine(0, 4, 20, 0.1) == pytest.approx(0.2)
     assert warmup_cosine(4, 4, 20, 0.1) == pytest.approx(1.0)

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rt2edge.atomic import fsync_path, fsync_tree
+
 STATE_DIRNAME = "training_state"
 TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -65,16 +67,18 @@ def save_checkpoint(accelerator: Any, run_dir: str | Path, state: TrainerState, 
     tmp = root / f".tmp-step-{state.step:08d}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():  # left over from a crash while writing this very step
-            shutil.rmtree(tmp)
+        for stale in root.glob(".tmp-step-*"):  # left over from a crash while writing a step
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))  # model via safetensors; optimizer/scheduler/RNG via torch.save
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+        fsync_tree(tmp)  # on disk before the rename, and before the rotation deletes older steps
         if final.exists():  # re-saving a step (e.g. the final step after a resume): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_path(root)  # the rename itself
         for old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
