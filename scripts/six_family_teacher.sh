@@ -6,17 +6,20 @@
 # command continues an interrupted chain.
 #
 #   bash scripts/six_family_teacher.sh                   # item 15: runs/all-r2-plain8k
-#   ROOT=runs/six THREADS=2 FINAL_STEPS=16000 bash scripts/six_family_teacher.sh
+#   FINAL_STEPS=12000 FINAL_EPISODES=24000 bash scripts/six_family_teacher.sh   # item 16
 #
-# ROOT: where data, inits and checkpoints go (default runs); THREADS: torch CPU threads per step
-# (default 2); FINAL_STEPS: steps of the last run (default 8000, item 15) and FINAL_EPISODES the
-# episodes of its data (default 12000, item 15; seed 0, so a larger set extends the smaller one);
-# its output is $ROOT/all-r2-plain<FINAL_STEPS/1000>k, or ...k-<FINAL_EPISODES/1000>k-data when
-# FINAL_EPISODES is not 12000. EVAL_EPISODES: episodes per split of the final evaluation (default
-# 60, seed 1, as item 15).
+# PRESET: the model (default student-s, as items 13-15; give another preset its own ROOT, the
+#   folder names do not say the preset).
+# ROOT: where data, inits and checkpoints go (default runs).
+# THREADS: torch CPU threads per step (default 2).
+# FINAL_STEPS: steps of the last run (default 8000, item 15); FINAL_EPISODES: episodes of its data
+#   (default 12000, item 15; seed 0, so a larger set extends the smaller one). Its output is
+#   $ROOT/all-r2-plain<FINAL_STEPS/1000>k, with -<FINAL_EPISODES/1000>k-data when not 12000.
+# EVAL_EPISODES: episodes per split of the final evaluation (default 60, seed 1, as item 15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-runs}
+PRESET=${PRESET:-student-s}
 THREADS=${THREADS:-2}
 FINAL_STEPS=${FINAL_STEPS:-8000}
 FINAL_EPISODES=${FINAL_EPISODES:-12000}
@@ -51,7 +54,7 @@ step() {
 
 step "$ROOT/data/tabletop-q-r2" rt2edge data generate --episodes 4000 --out "$ROOT/data/tabletop-q-r2" \
     --seed 0 --action-noise 0.3
-step "$ROOT/init/dense-all-r2" python scripts/dense_vision_pretrain.py --preset student-s --frames 20000 \
+step "$ROOT/init/dense-all-r2" python scripts/dense_vision_pretrain.py --preset "$PRESET" --frames 20000 \
     --steps 2500 --statistics "$ROOT/data/tabletop-q-r2" --save-init "$ROOT/init/dense-all-r2"
 step "$ROOT/init/grounded-all-r2" python scripts/grounding_pretrain.py --init "$ROOT/init/dense-all-r2" \
     --out "$ROOT/init/grounded-all-r2" --instruction-first --steps 2000 --threads "$THREADS"
