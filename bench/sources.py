@@ -29,12 +29,15 @@ class Source:
 
     def size_bytes(self) -> int:
         """Bytes a robot has to ship: the manifest's listed graphs/files for an artifact (what
-        load verifies), every regular file of a checkpoint folder."""
+        load verifies), the regular files at the top of a checkpoint folder. `save_pretrained`
+        writes flat; the subfolders a training run adds (training_state/: optimizer and RNG
+        state for a resume, several times the weights) are not part of the model, and counting
+        them would also inflate the resident bytes of the checkpoint's roofline."""
         if self.kind == "artifact":
             manifest = json.loads((self.path / ARTIFACT_MARKER).read_text(encoding="utf-8"))
             listed = [*manifest.get("graphs", {}).values(), *manifest.get("files", {}).values()]
             return int(sum(int(entry.get("bytes", 0)) for entry in listed))
-        return int(sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file()))
+        return int(sum(p.stat().st_size for p in self.path.iterdir() if p.is_file()))
 
     def hf_config(self) -> dict[str, Any] | None:
         """The HF config.json of a checkpoint (for the config-based cost model), else None."""
