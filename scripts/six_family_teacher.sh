@@ -35,22 +35,7 @@ FINAL=$ROOT/all-r2-plain$((FINAL_STEPS / 1000))k
 FINAL_DATA=$ROOT/data/tabletop-q-r2-$((FINAL_EPISODES / 1000))k
 [ "$FINAL_EPISODES" = 12000 ] || FINAL=$FINAL-$((FINAL_EPISODES / 1000))k-data
 
-# A step's output is complete once its last file is written: a checkpoint's rt2edge.json (written
-# last by save_pretrained and by `distill finetune`'s final publish) or a dataset's meta/info.json.
-# An interrupted `distill finetune` has neither and resumes when run again.
-complete() { [ -e "$1/rt2edge.json" ] || [ -e "$1/meta/info.json" ]; }
-step() {
-    local out=$1; shift
-    if complete "$out"; then
-        echo "== done already: $out"
-        return
-    fi
-    echo "== $(date +%T) $out"
-    "$@"
-    # A stopped `distill finetune` (Ctrl-C, SIGTERM) saves its state and exits 0: stop here
-    # instead of starting the next step on a checkpoint that does not exist yet.
-    complete "$out" || { echo "== $out stopped before it finished: run again to resume" >&2; exit 1; }
-}
+source scripts/chain_steps.sh
 
 step "$ROOT/data/tabletop-q-r2" rt2edge data generate --episodes 4000 --out "$ROOT/data/tabletop-q-r2" \
     --seed 0 --action-noise 0.3
@@ -72,9 +57,5 @@ step "$FINAL_DATA" rt2edge data generate --episodes "$FINAL_EPISODES" --out "$FI
 step "$FINAL" rt2edge distill finetune --data "$FINAL_DATA" --out "$FINAL" \
     --init "$ROOT/init/all-r2-carry-all" --steps "$FINAL_STEPS" --batch-size 32 --lr 5e-4 --warmup-steps 300 \
     --vqa-ratio 0 --threads "$THREADS" --no-progress
-if [ -e "$FINAL-eval.json" ]; then
-    echo "== done already: $FINAL-eval.json"
-else
-    echo "== $(date +%T) evaluating $FINAL"
-    rt2edge eval "$FINAL" --episodes "$EVAL_EPISODES" --seed 1 --threads "$THREADS" --json "$FINAL-eval.json"
-fi
+step "$FINAL-eval.json" rt2edge eval "$FINAL" --episodes "$EVAL_EPISODES" --seed 1 --threads "$THREADS" \
+    --json "$FINAL-eval.json"

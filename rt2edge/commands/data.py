@@ -66,6 +66,41 @@ def register(app: typer.Typer) -> None:
             raise bad_option(exc, _OPTION_OF_FIELD) from exc
         typer.echo(json.dumps(report.to_dict(), indent=2))
 
+    @data_app.command("dagger")
+    def dagger(
+        base: Path = typer.Option(..., "--base", help="Dataset the round extends (`data generate` or an "
+                                                       "earlier round); read, never changed."),
+        policy: Path = typer.Option(..., "--policy", help="Checkpoint or deploy artifact that drives."),
+        episodes: int = typer.Option(..., "--episodes", help="On-policy episodes this round adds."),
+        out: Path = typer.Option(..., "--out", help="The aggregated dataset (resumed if it exists)."),
+        seed: int = typer.Option(0, "--seed"),
+        expert_mix: float = typer.Option(0.0, "--expert-mix",
+                                         help="Probability per step that the expert's action is executed "
+                                              "instead of the policy's (DAgger's beta)."),
+        num_envs: int = typer.Option(8, "--num-envs", help="Envs stepped at once by a checkpoint."),
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+    ) -> None:
+        """DAgger: the policy drives, the scripted expert labels every state; writes the base's
+        episodes plus the on-policy ones as one dataset for `distill finetune`."""
+        from rt2edge.data.dagger import DaggerConfig, dagger as run
+
+        if threads is not None and (policy / "rt2edge.json").is_file():
+            import torch
+
+            torch.set_num_threads(threads)
+        try:
+            cfg = DaggerConfig(base=str(base), policy=str(policy), out=str(out), episodes=episodes,
+                               seed=seed, expert_mix=expert_mix, num_envs=num_envs)
+
+            def progress(done: int, total: int) -> None:
+                if done == total or done % 100 == 0:
+                    typer.echo(f"episodes {done}/{total}", err=True)
+
+            report = run(cfg, progress=progress)
+        except ConfigError as exc:
+            raise bad_option(exc) from exc
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+
     @data_app.command("info")
     def info(path: Path = typer.Argument(..., help="Dataset folder.")) -> None:
         """Summarize a dataset: episodes, frames, tasks, action statistics."""

@@ -32,6 +32,9 @@ from rt2edge.sim.tasks import (
 )
 
 GENERATION_FILE = "meta/generation.json"
+# Episodes that are not a run of the expert on its own task: a relabeled carry (labels for another
+# destination) and an on-policy episode (rt2edge.data.on_policy: a policy drove, the expert labelled).
+EPISODE_MARKERS = ("relabeled", "on_policy")
 # Fields of the recipe that decide what an episode contains; a resumed run must match them.
 RECIPE_FIELDS = ("seed", "image_size", "split", "families", "object_counts", "max_steps",
                  "action_noise", "move_noise", "gripper_noise", "start_anywhere", "relabel_carry",
@@ -149,6 +152,13 @@ def _check_recipe(root: Path, cfg: GenerateConfig) -> None:
                                    f"{recorded!r}; use the same value to resume, or a new --out")
 
 
+def recipe_env(cfg: GenerateConfig) -> TabletopEnv:
+    """The simulator a recipe's episodes run in."""
+    return TabletopEnv(image_size=cfg.image_size, split=cfg.split, families=check_families(cfg.families),
+                       max_steps=cfg.max_steps, object_counts=cfg.object_counts,
+                       start_anywhere=cfg.start_anywhere)
+
+
 def episode_plan(families: tuple[str, ...], relabel_carry: bool) -> list[tuple[str, bool]]:
     """The cycle episode i is drawn from: (family, relabeled) = plan[i % len(plan)]."""
     plan = []
@@ -203,16 +213,17 @@ def _rollout(env: TabletopEnv, cfg: GenerateConfig, index: int, family: str, rel
         f"({family!r}); this is a simulator bug, please report it with the seed {cfg.seed}")
 
 
-def _write_episode(path: Path, cfg: GenerateConfig, feats: dict[str, Any], index: int,
+def write_episode(path: Path, cfg: GenerateConfig, feats: dict[str, Any], index: int,
                    offset: int, task_index: int, columns: dict[str, Any],
                    meta: dict[str, Any]) -> dict[str, Any]:
     n = len(columns["actions"])
     record = {
         "episode_index": index, "tasks": [meta["instruction"]], "length": n,
-        "success": not meta.get("relabeled", False),
+        "success": meta.get("success", not meta.get("relabeled", False)),
         "family": meta["family"], "template": meta["template"], "seed": meta["seed"],
         "attempts": meta["attempts"], "task_index": task_index, "index_offset": offset,
-        **({"relabeled": True} if meta.get("relabeled") else {}),
+        **{marker: True for marker in EPISODE_MARKERS if meta.get(marker)},
+        **meta.get("record_extra", {}),
         "stats": {
             "action": lerobot.vector_stats(columns["actions"]),
             "observation.state": lerobot.vector_stats(columns["states"]),
@@ -245,9 +256,7 @@ def generate(cfg: GenerateConfig,
     remove_temporaries(root)
     atomic_write_json(root / GENERATION_FILE, {"recipe": cfg.recipe()})
     families = check_families(cfg.families)
-    env = TabletopEnv(image_size=cfg.image_size, split=cfg.split, families=families,
-                      max_steps=cfg.max_steps, object_counts=cfg.object_counts,
-                      start_anywhere=cfg.start_anywhere)
+    env = recipe_env(cfg)
     feats = lerobot.features(cfg.image_size, STATE_NAMES, ACTION_NAMES)
     tasks: dict[str, int] = {}
     records: list[dict[str, Any]] = []
@@ -266,21 +275,23 @@ def generate(cfg: GenerateConfig,
         else:
             columns, meta = _rollout(env, cfg, index, family, relabeled)
             task_index = tasks.setdefault(meta["instruction"], len(tasks))
-            record = _write_episode(path, cfg, feats, index, offset, task_index, columns, meta)
+            record = write_episode(path, cfg, feats, index, offset, task_index, columns, meta)
             generated += 1
         records.append(record)
         offset += record["length"]
         if progress is not None:
             progress(index + 1, cfg.episodes)
-    report = _finalize(root, cfg, feats, records, tasks)
+    report = finalize_dataset(root, cfg, feats, records, tasks)
     report.generated, report.reused = generated, cfg.episodes - generated
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _finalize(root: Path, cfg: GenerateConfig, feats: dict[str, Any],
-              records: list[dict[str, Any]], tasks: dict[str, int]) -> GenerateReport:
-    """Write the meta files; info.json goes last, so its presence marks a complete dataset."""
+def finalize_dataset(root: Path, cfg: GenerateConfig, feats: dict[str, Any],
+              records: list[dict[str, Any]], tasks: dict[str, int],
+              provenance: dict[str, Any] | None = None) -> GenerateReport:
+    """Write the meta files; info.json goes last, so its presence marks a complete dataset.
+    provenance: more keys for meta/generation.json (e.g. the on-policy rounds)."""
     paths = [root / DATA_PATH.format(episode_chunk=r["episode_index"] // cfg.chunks_size,
                                      episode_index=r["episode_index"]) for r in records]
     actions = np.concatenate([lerobot.read_vectors(p, "action") for p in paths])
@@ -295,13 +306,14 @@ def _finalize(root: Path, cfg: GenerateConfig, feats: dict[str, Any],
     atomic_write_jsonl(root / "meta/tasks.jsonl", ({"task_index": i, "task": t} for t, i in by_index))
     atomic_write_jsonl(root / "meta/episodes.jsonl", (
         {k: r[k] for k in ("episode_index", "tasks", "length", "success", "family", "template",
-                           "seed", "attempts", "relabeled") if k in r} for r in records))
+                           "seed", "attempts", *EPISODE_MARKERS) if k in r} for r in records))
     atomic_write_jsonl(root / "meta/episodes_stats.jsonl", (
         {"episode_index": r["episode_index"], "stats": {
             "action": r["stats"]["action"], "observation.state": r["stats"]["observation.state"],
             IMAGE_KEY: lerobot.image_stats([r["stats"]["image_moments"]])}} for r in records))
     atomic_write_json(root / "meta/stats.json", stats)
-    expert_runs = [r for r in records if not r.get("relabeled")]  # what the expert was asked to do
+    # what the expert was asked to do on its own
+    expert_runs = [r for r in records if not any(r.get(m) for m in EPISODE_MARKERS)]
     attempts = int(sum(r["attempts"] for r in expert_runs))
     per_family: dict[str, dict[str, float]] = {}
     for fam in check_families(cfg.families):
@@ -313,7 +325,8 @@ def _finalize(root: Path, cfg: GenerateConfig, feats: dict[str, Any],
         "recipe": cfg.recipe(),
         "expert": {"episodes": len(expert_runs), "attempts": attempts,
                    "success_rate": len(expert_runs) / attempts, "per_family": per_family},
-        "relabeled_episodes": len(records) - len(expert_runs),
+        "relabeled_episodes": sum(bool(r.get("relabeled")) for r in records),
+        **(provenance or {}),
     })
     n_chunks = (cfg.episodes + cfg.chunks_size - 1) // cfg.chunks_size
     atomic_write_json(root / "meta/info.json", {

@@ -138,7 +138,8 @@ def expert_agreement(policy: Any, episodes: int = 20, seed: int = 0, split: str 
     for driver in DRIVERS:
         counts = {phase: {"steps": 0, **{p: 0 for p in PARTS}} for phase in PHASES}
 
-        def execute(env: Any, action: np.ndarray, driver: str = driver, counts: dict = counts) -> np.ndarray:
+        def execute(env: Any, action: np.ndarray, _episode: Any, driver: str = driver,
+                    counts: dict = counts) -> np.ndarray:
             expert = np.asarray(env.expert_action(), np.float64)
             row = counts[expert_phase(env.scene, expert)]
             row["steps"] += 1

@@ -40,7 +40,9 @@ def episode_seed(seed: int, split: str, index: int) -> int:
 
 
 @dataclass
-class _Episode:
+class RolloutEpisode:
+    """One episode of a rollout plan and its live state (obs: the latest observation)."""
+
     index: int
     family: str
     seed: int
@@ -149,24 +151,26 @@ def split_envs(policy: Any, make_env: Callable[[str], Any], split: str, episodes
 
 def run_episodes(policy: Any, envs: list[Any], split: str, episodes: int, seed: int,
                  families: Sequence[str] | None, want_frames: bool = False,
-                 execute: Callable[[Any, np.ndarray], np.ndarray] | None = None):
+                 execute: Callable[[Any, np.ndarray, RolloutEpisode], np.ndarray] | None = None):
     """Run episodes 0..episodes-1 of `split` (families round-robin, scenes from `episode_seed`)
     in `envs`; yield (episode, frames or None) as they end, in finishing order.
 
-    execute(env, policy_action) -> the action the env is stepped with, called before every step
-    (default: the policy's own): the expert-agreement diagnosis drives the env with the expert
-    while it asks the policy, and reads the expert's action on the policy's own states.
+    execute(env, policy_action, episode) -> the action the env is stepped with, called before every
+    step (default: the policy's own; `episode.obs` is the observation the policy acted on): the
+    expert-agreement diagnosis drives the env with the expert while it asks the policy, and reads
+    the expert's action on the policy's own states; on-policy data collection records them.
     """
     split_families = list(families) if families is not None else list(envs[0].sampler.families)
-    plan = deque(_Episode(i, split_families[i % len(split_families)], episode_seed(seed, split, i))
+    plan = deque(RolloutEpisode(i, split_families[i % len(split_families)], episode_seed(seed, split, i))
                  for i in range(episodes))
-    yield from _run(policy, envs, plan, want_frames, execute)
+    yield from run_plan(policy, envs, plan, want_frames, execute)
 
 
-def _run(policy: Any, envs: list[Any], plan: deque, want_frames: bool,
-         execute: Callable[[Any, np.ndarray], np.ndarray] | None = None):
-    """Step every env until the plan is exhausted; yield (episode, frames or None) as they end."""
-    active: list[_Episode | None] = [None] * len(envs)
+def run_plan(policy: Any, envs: list[Any], plan: deque, want_frames: bool = False,
+             execute: Callable[[Any, np.ndarray, RolloutEpisode], np.ndarray] | None = None):
+    """Step every env until the plan (RolloutEpisodes: index, family, env seed) is exhausted;
+    yield (episode, frames or None) as they end, in finishing order. `execute` as run_episodes."""
+    active: list[RolloutEpisode | None] = [None] * len(envs)
     attach = getattr(policy, "attach_env", None)
 
     def start(slot: int) -> None:
@@ -198,7 +202,7 @@ def _run(policy: Any, envs: list[Any], plan: deque, want_frames: bool,
             outside = (action < space.low - _BOUND_TOL) | (action > space.high + _BOUND_TOL)
             ep.out_of_bounds += int(outside.any())
             if execute is not None:
-                action = _check(execute(env, action))
+                action = _check(execute(env, action, ep))
             # The env clips deltas itself; clipping here too keeps a policy's out-of-range
             # gripper/terminate values from being read differently by different envs.
             obs, _, terminated, truncated, info = env.step(np.clip(action, space.low, space.high))
@@ -213,7 +217,7 @@ def _run(policy: Any, envs: list[Any], plan: deque, want_frames: bool,
                 start(slot)
 
 
-def _act(policy: Any, episodes: list[_Episode]) -> list[np.ndarray]:
+def _act(policy: Any, episodes: list[RolloutEpisode]) -> list[np.ndarray]:
     if supports_batch(policy):
         images = np.stack([ep.obs["image"] for ep in episodes])
         actions = np.asarray(policy.act_batch(images, [ep.instruction for ep in episodes]), np.float64)

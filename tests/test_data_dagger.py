@@ -1,0 +1,181 @@
+"""`rt2edge data dagger`: a policy drives, the scripted expert labels; base + on-policy episodes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rt2edge.data import DatasetError, EpisodeDataset, GenerateConfig, generate
+from rt2edge.data.dagger import DaggerConfig, dagger
+from rt2edge.errors import ConfigError
+from rt2edge.sim import TabletopEnv
+
+BASE_EPISODES = 3
+MAX_STEPS = 40  # a drifting policy never ends an episode: keep the step limit short
+
+
+class DriftPolicy:
+    """Always moves +x with the gripper open, batched and stateless: it never finishes a task,
+    so every state after the first step is one the expert's own runs do not visit."""
+
+    name = "drift"
+
+    def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
+        return np.array([0.1, 0, 0, 0, 0, 0, -1, 0], np.float64)
+
+    def act_batch(self, images: np.ndarray, instructions: list[str]) -> np.ndarray:
+        return np.stack([self.act(image, text) for image, text in zip(images, instructions)])
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("base") / "ds"
+    generate(GenerateConfig(out=str(root), episodes=BASE_EPISODES, seed=2, max_steps=MAX_STEPS))
+    return root
+
+
+@pytest.fixture()
+def policy_dir(tmp_path) -> Path:
+    """DaggerConfig.policy names a folder (its bytes are the round's identity); the drift policy
+    is handed over by `load_policy`."""
+    folder = tmp_path / "drift"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"drift v1")
+    return folder
+
+
+def run(base: Path, policy: Path, out: Path, episodes: int = 6, **kwargs) -> object:
+    cfg = DaggerConfig(base=str(base), policy=str(policy), out=str(out), episodes=episodes, **kwargs)
+    return dagger(cfg, load_policy=lambda _path: DriftPolicy())
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_base_episodes_come_first_unchanged_and_on_policy_ones_after(base, policy_dir, tmp_path):
+    out = tmp_path / "round1"
+    report = run(base, policy_dir, out, expert_mix=0.5, seed=4)
+    ds, base_ds = EpisodeDataset(out), EpisodeDataset(base)
+    assert ds.episode_indices == list(range(BASE_EPISODES + 6))
+    for index in range(BASE_EPISODES):
+        name = f"data/chunk-000/episode_{index:06d}.parquet"
+        assert (out / name).read_bytes() == (base / name).read_bytes()
+    assert len(base_ds) == int(np.sum(ds.episode_index < BASE_EPISODES))
+    records = ds.episodes[BASE_EPISODES:]
+    assert all(r["on_policy"] for r in records) and not any("on_policy" in r for r in ds.episodes[:BASE_EPISODES])
+    assert report.episodes == 6 and report.generated == 6 and report.base_episodes == BASE_EPISODES
+    assert report.frames == sum(r["length"] for r in records)
+    assert 0 < report.expert_executed < 1  # a mix of both drivers
+    generation = json.loads((out / "meta/generation.json").read_text())
+    (round_,) = generation["on_policy"]
+    assert round_["first_episode"] == BASE_EPISODES and round_["expert_mix"] == 0.5
+    assert generation["expert"]["episodes"] == BASE_EPISODES  # the expert's own runs only
+    assert ds.action_statistics().q01.shape == base_ds.action_statistics().q01.shape
+
+
+def test_every_frame_is_the_state_the_mixed_rollout_reached_labelled_by_the_expert(base, policy_dir, tmp_path):
+    out = tmp_path / "round1"
+    run(base, policy_dir, out, expert_mix=0.5, seed=4)
+    ds = EpisodeDataset(out)
+    recipe = json.loads((base / "meta/generation.json").read_text())["recipe"]
+    env = TabletopEnv(image_size=recipe["image_size"], max_steps=recipe["max_steps"])
+    for record in ds.episodes[BASE_EPISODES:]:
+        episode = ds.episode(record["episode_index"])
+        obs, _ = env.reset(seed=record["seed"], options={"family": record["family"]})
+        assert env.instruction == record["tasks"][0]
+        rng = np.random.default_rng([4, record["episode_index"], 3])
+        for t in range(len(episode)):
+            frame = episode[t]
+            np.testing.assert_array_equal(frame.image, obs["image"])
+            label = env.expert_action()
+            np.testing.assert_allclose(frame.action, label, atol=1e-7)
+            expert = label[7] >= 0.5 or rng.uniform() < 0.5
+            obs, _, terminated, truncated, info = env.step(label if expert else DriftPolicy().act(obs["image"], ""))
+        assert terminated or truncated  # the episode ends where the rollout ended
+        assert record["success"] == bool(info["success"])
+
+
+def test_the_expert_driving_alone_succeeds_and_labels_its_own_run(base, policy_dir, tmp_path):
+    out = tmp_path / "expert"
+    report = run(base, policy_dir, out, expert_mix=1.0)
+    assert report.policy_success_rate == 1.0 and report.expert_executed == 1.0
+
+
+def test_an_interrupted_round_resumes_to_the_same_bytes(base, policy_dir, tmp_path):
+    whole = tmp_path / "whole"
+    run(base, policy_dir, whole, expert_mix=0.5)
+    part = tmp_path / "part"
+    cfg = DaggerConfig(base=str(base), policy=str(policy_dir), out=str(part), episodes=6, expert_mix=0.5)
+
+    def stop(done: int, total: int) -> None:
+        if done == BASE_EPISODES + 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dagger(cfg, progress=stop, load_policy=lambda _path: DriftPolicy())
+    assert not (part / "meta/info.json").exists()
+    report = run(base, policy_dir, part, expert_mix=0.5)
+    assert report.generated == 3
+    assert files_of(part) == files_of(whole)
+
+
+def test_a_round_extends_an_earlier_round(base, policy_dir, tmp_path):
+    first = tmp_path / "round1"
+    run(base, policy_dir, first, episodes=2)
+    second = tmp_path / "round2"
+    report = run(first, policy_dir, second, episodes=2)
+    rounds = json.loads((second / "meta/generation.json").read_text())["on_policy"]
+    assert [r["first_episode"] for r in rounds] == [BASE_EPISODES, BASE_EPISODES + 2]
+    assert report.base_episodes == BASE_EPISODES + 2
+    assert EpisodeDataset(second).episode_indices == list(range(BASE_EPISODES + 4))
+
+
+def test_resuming_with_another_policy_or_mix_is_refused(base, policy_dir, tmp_path):
+    out = tmp_path / "round1"
+    run(base, policy_dir, out, episodes=2)
+    with pytest.raises(ConfigError, match="policy"):
+        run(base, policy_dir, out, episodes=2, expert_mix=0.5)
+    (policy_dir / "weights.bin").write_bytes(b"drift v2")  # new weights at the same path
+    with pytest.raises(ConfigError, match="another policy"):
+        run(base, policy_dir, out, episodes=2)
+
+
+def test_bad_input_is_refused(base, policy_dir, tmp_path):
+    with pytest.raises(ConfigError, match="expert_mix"):
+        DaggerConfig(base=str(base), policy=str(policy_dir), out=str(tmp_path / "o"), episodes=1, expert_mix=1.5)
+    with pytest.raises(ConfigError, match="out"):
+        DaggerConfig(base=str(base), policy=str(policy_dir), out=str(base), episodes=1)
+    with pytest.raises(ConfigError, match="episodes"):
+        DaggerConfig(base=str(base), policy=str(policy_dir), out=str(tmp_path / "o"), episodes=0)
+    with pytest.raises(ConfigError, match="policy"):
+        run(base, tmp_path / "no-such-policy", tmp_path / "o")
+    plain = tmp_path / "plain"  # a dataset without the simulator recipe
+    plain.mkdir()
+    (plain / "meta").mkdir()
+    (plain / "meta/info.json").write_text((base / "meta/info.json").read_text())
+    with pytest.raises(DatasetError, match="generation.json"):
+        run(plain, policy_dir, tmp_path / "o")
+    with pytest.raises(DatasetError, match="meta/info.json"):
+        run(tmp_path / "missing", policy_dir, tmp_path / "o")
+
+
+def test_cli_round_with_a_real_checkpoint(base, tiny_llava_checkpoint, tmp_path):
+    from test_data_cli import app
+
+    out = tmp_path / "round1"
+    result = CliRunner().invoke(app(), ["data", "dagger", "--base", str(base), "--policy",
+                                        str(tiny_llava_checkpoint), "--episodes", "2", "--out", str(out),
+                                        "--num-envs", "2", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["episodes"] == 2 and report["base_episodes"] == BASE_EPISODES
+    ds = EpisodeDataset(out)
+    assert len(ds.episode_indices) == BASE_EPISODES + 2
+    bad = CliRunner().invoke(app(), ["data", "dagger", "--base", str(base), "--policy", str(tiny_llava_checkpoint),
+                                     "--episodes", "2", "--out", str(out), "--expert-mix", "2"])
+    assert bad.exit_code != 0 and "--expert-mix" in bad.output
