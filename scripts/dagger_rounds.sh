@@ -25,13 +25,21 @@ STEPS=${STEPS:-3000}
 LR=${LR:-3e-4}
 THREADS=${THREADS:-2}
 EVAL_EPISODES=${EVAL_EPISODES:-200}
+for var in ROUNDS EPISODES STEPS THREADS EVAL_EPISODES; do
+    if ! [[ ${!var} =~ ^[1-9][0-9]*$ ]]; then
+        echo "$var must be a positive integer, got '${!var}'" >&2
+        exit 2
+    fi
+done
 
 source scripts/chain_steps.sh
 
 evaluate() {  # evaluate POLICY JSON [PAIRED_JSON]
-    local paired=()
-    [ -n "${3:-}" ] && paired=(--paired-with "$3")
-    rt2edge eval "$1" --episodes "$EVAL_EPISODES" --seed 1 --threads "$THREADS" --json "$2" "${paired[@]}"
+    if [ -n "${3:-}" ]; then
+        rt2edge eval "$1" --episodes "$EVAL_EPISODES" --seed 1 --threads "$THREADS" --json "$2" --paired-with "$3"
+    else
+        rt2edge eval "$1" --episodes "$EVAL_EPISODES" --seed 1 --threads "$THREADS" --json "$2"
+    fi
 }
 
 mkdir -p "$ROOT"

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from rt2edge.commands import bad_option, int_list
+from rt2edge.commands import bad_option, int_list, user_errors
 from rt2edge.errors import ConfigError
 
 _OPTION_OF_FIELD = {"object_counts": "objects"}
@@ -88,17 +88,17 @@ def register(app: typer.Typer) -> None:
             import torch
 
             torch.set_num_threads(threads)
-        try:
-            cfg = DaggerConfig(base=str(base), policy=str(policy), out=str(out), episodes=episodes,
-                               seed=seed, expert_mix=expert_mix, num_envs=num_envs)
+        def progress(done: int, total: int) -> None:
+            if done == total or done % 100 == 0:
+                typer.echo(f"episodes {done}/{total}", err=True)
 
-            def progress(done: int, total: int) -> None:
-                if done == total or done % 100 == 0:
-                    typer.echo(f"episodes {done}/{total}", err=True)
-
-            report = run(cfg, progress=progress)
-        except ConfigError as exc:
-            raise bad_option(exc) from exc
+        with user_errors():  # a bad base or policy folder: one line, exit 2
+            try:
+                report = run(DaggerConfig(base=str(base), policy=str(policy), out=str(out), episodes=episodes,
+                                          seed=seed, expert_mix=expert_mix, num_envs=num_envs),
+                             progress=progress)
+            except ConfigError as exc:
+                raise bad_option(exc) from exc
         typer.echo(json.dumps(report.to_dict(), indent=2))
 
     @data_app.command("info")

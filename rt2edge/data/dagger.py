@@ -14,7 +14,8 @@ allows, so no bytes are copied), then the on-policy episodes. That is DAgger's a
 Episode j of a round is scene `episode_seed(seed, N + j, 0)` of the base recipe (N: the base's
 episode count, so the scenes are new), its family round-robin over the recipe's families.
 With probability `expert_mix` per step (DAgger's beta) the expert's action is executed instead of
-the policy's; the expert's terminate always is, so an episode ends once its task is done.
+the policy's; the expert's terminate always is, so an episode ends once its task is done (the
+states after it are labelled "terminate" anyway, and the policy's own choice there is recorded).
 Resumable: on-policy episodes are written in index order, each atomically; a re-run reads the
 finished ones back and rolls out the rest.
 """
@@ -37,7 +38,7 @@ from rt2edge.atomic import atomic_write, atomic_write_json, remove_temporaries
 from rt2edge.checks import check_finite
 from rt2edge.data import lerobot
 from rt2edge.data.generate import (
-    GENERATION_FILE, GenerateConfig, finalize_dataset, write_episode, episode_seed, recipe_env,
+    GENERATION_FILE, RECIPE_FIELDS, GenerateConfig, episode_seed, finalize_dataset, recipe_env, write_episode,
 )
 from rt2edge.data.lerobot import DATA_PATH, DatasetError
 from rt2edge.errors import ConfigError
@@ -45,8 +46,9 @@ from rt2edge.sim import ACTION_NAMES, STATE_NAMES
 from rt2edge.sim.language import check_families
 
 TERMINATE = ACTION_NAMES.index("terminate")
-# Fields of a round that decide what its episodes contain; a resumed run must match them.
-ROUND_FIELDS = ("policy_sha256", "seed", "expert_mix", "first_episode")
+# Fields of a round that decide what its episodes contain (a resumed run must match them), and
+# the option that sets each.
+ROUND_FIELDS = {"policy_sha256": "policy", "seed": "seed", "expert_mix": "expert_mix", "first_episode": "base"}
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,13 @@ class DaggerReport:
     episodes: int  # on-policy episodes in this round
     frames: int  # on-policy frames in this round
     generated: int  # on-policy episodes rolled out by this run
-    policy_success_rate: float  # of this round's episodes (the policy, mixed with the expert)
-    per_family: dict[str, float] = field(default_factory=dict)
+    # Fraction of this round's episodes that reached their task (the policy driving, mixed with
+    # the expert at `expert_mix`): what `rt2edge eval` counts as success, on training scenes.
+    reached_rate: float
+    # Of those, the fraction in which the policy's own action terminated on reaching it (the
+    # expert's terminate is executed either way: the states after a task is done are not visited).
+    policy_terminated: float
+    per_family: dict[str, float] = field(default_factory=dict)  # reached rate per family
     expert_executed: float = 0.0  # fraction of this round's steps the expert's action was executed
     seconds: float = 0.0
 
@@ -125,15 +132,33 @@ def _check_resume(root: Path, generation: dict[str, Any]) -> None:
     if old.get("recipe") != generation["recipe"]:
         raise ConfigError("base", f"{root} holds episodes of another simulator recipe; use a new --out")
     old_rounds, rounds = old.get("on_policy", []), generation["on_policy"]
-    if len(old_rounds) != len(rounds) or any(
-            old_rounds[i].get(k) != rounds[i].get(k) for i in range(len(rounds)) for k in ROUND_FIELDS):
-        raise ConfigError("policy", f"{root} holds a round of another policy, seed, expert mix or base; "
-                                    "use the same ones to resume, or a new --out")
+    if len(old_rounds) != len(rounds):
+        raise ConfigError("base", f"{root} extends another base ({len(old_rounds) - 1} earlier rounds, this "
+                                  f"base has {len(rounds) - 1}); use the same --base to resume, or a new --out")
+    for old_round, new_round in zip(old_rounds, rounds):
+        for key, option in ROUND_FIELDS.items():
+            if old_round.get(key) != new_round.get(key):
+                raise ConfigError(option, f"differs from the round in {root} ({key} {old_round.get(key)!r}, "
+                                          f"now {new_round.get(key)!r}); use the same to resume, or a new --out")
+
+
+def _recipe_options(base: Path, generation: dict[str, Any]) -> dict[str, Any]:
+    """GenerateConfig's keyword arguments from a base's recorded recipe."""
+    recipe = generation.get("recipe")
+    if not isinstance(recipe, dict):
+        raise DatasetError(str(base / GENERATION_FILE), "has no recipe")
+    options = {k: recipe[k] for k in RECIPE_FIELDS if k in recipe}
+    for key in ("families", "object_counts"):
+        if key in options:
+            options[key] = tuple(options[key])
+    return options
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
     if target.exists():
         return
+    if not source.is_file():
+        raise DatasetError(str(source), "is missing: the base dataset lists this episode in meta/info.json")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)  # a new name for the same bytes: atomic, and the base is read-only
@@ -185,15 +210,16 @@ def dagger(cfg: DaggerConfig, progress: Callable[[int, int], None] | None = None
     start = time.perf_counter()
     base, root = Path(cfg.base), Path(cfg.out)
     base_generation = _base_generation(base)
-    recipe = dict(base_generation["recipe"])
     n_base = int(json.loads((base / "meta/info.json").read_text())["total_episodes"])
+    gen_cfg = GenerateConfig(out=str(root), episodes=n_base + cfg.episodes, **_recipe_options(base, base_generation))
+    recipe = gen_cfg.recipe()  # normalised: fields a base from an older version lacks get their defaults
+    from rt2edge.evaluation.policies import load_policy as default_loader
+
+    policy = (load_policy or default_loader)(cfg.policy)  # before anything is written: a bad --policy leaves nothing
     this_round: dict[str, Any] = {
         "policy": str(cfg.policy), "policy_sha256": policy_fingerprint(cfg.policy), "seed": cfg.seed,
         "expert_mix": cfg.expert_mix, "first_episode": n_base, "episodes": cfg.episodes}
     rounds = [*base_generation.get("on_policy", []), this_round]
-    gen_cfg = GenerateConfig(out=str(root), episodes=n_base + cfg.episodes,
-                             **{**recipe, "families": tuple(recipe["families"]),
-                                "object_counts": tuple(recipe["object_counts"])})
     _check_resume(root, {"recipe": recipe, "on_policy": rounds})
     root.mkdir(parents=True, exist_ok=True)
     remove_temporaries(root)
@@ -206,17 +232,18 @@ def dagger(cfg: DaggerConfig, progress: Callable[[int, int], None] | None = None
     missing = [i for i in range(n_base, total) if not out.path(i).exists()]
     for index in range(n_base, missing[0] if missing else total):
         out.adopt(index)
-    if missing and any(out.path(i).exists() for i in missing):
+    if missing and any(out.path(i).exists() for i in range(missing[0], total)):
         raise DatasetError(str(root), f"on-policy episode {missing[0]} is missing but later ones exist; "
                                       "delete the later ones to roll them out again")
-    generated = _roll_out(cfg, gen_cfg, missing, out, load_policy, progress, total) if missing else 0
+    generated = _roll_out(cfg, gen_cfg, missing, out, policy, progress, total) if missing else 0
     ours = out.records[n_base:]
     this_round.update(_round_summary(ours))
     finalize_dataset(root, gen_cfg, out.feats, out.records, out.tasks, provenance={"on_policy": rounds})
     return DaggerReport(
         out=str(root), base_episodes=n_base, episodes=len(ours), frames=this_round["frames"],
-        generated=generated, policy_success_rate=this_round["policy_success_rate"],
-        per_family=this_round["per_family"], expert_executed=this_round["expert_executed"],
+        generated=generated, reached_rate=this_round["reached_rate"],
+        policy_terminated=this_round["policy_terminated"], per_family=this_round["per_family"],
+        expert_executed=this_round["expert_executed"],
         seconds=time.perf_counter() - start)
 
 
@@ -225,21 +252,22 @@ def _round_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     for r in records:
         per_family.setdefault(r["family"], []).append(bool(r["success"]))
     frames = int(sum(r["length"] for r in records))
-    return {"policy_success_rate": float(np.mean([r["success"] for r in records])),
+    reached = [r for r in records if r["success"]]
+    return {"reached_rate": len(reached) / len(records),
+            "policy_terminated": (sum(r.get("policy_terminated", False) for r in reached) / len(reached)
+                                  if reached else float("nan")),
             "per_family": {f: float(np.mean(v)) for f, v in sorted(per_family.items())},
             "frames": frames,
             "expert_executed": sum(r["expert_executed"] for r in records) / max(frames, 1)}
 
 
-def _roll_out(cfg: DaggerConfig, gen_cfg: GenerateConfig, missing: list[int], out: _Episodes,
-              load_policy: Callable[[str], Any] | None,
+def _roll_out(cfg: DaggerConfig, gen_cfg: GenerateConfig, missing: list[int], out: _Episodes, policy: Any,
               progress: Callable[[int, int], None] | None, total: int) -> int:
     """Roll out the missing on-policy episodes; write each, in index order, once it and every
     episode before it are done (batched envs finish out of order). Returns how many."""
-    from rt2edge.evaluation.policies import load_policy as default_loader, supports_batch
+    from rt2edge.evaluation.policies import supports_batch
     from rt2edge.evaluation.rollout import RolloutEpisode, run_plan
 
-    policy = (load_policy or default_loader)(cfg.policy)
     families = check_families(gen_cfg.families)
     width = min(cfg.num_envs, len(missing)) if supports_batch(policy) else 1
     envs = [recipe_env(gen_cfg) for _ in range(width)]
@@ -256,7 +284,9 @@ def _roll_out(cfg: DaggerConfig, gen_cfg: GenerateConfig, missing: list[int], ou
         rows["states"].append(np.asarray(episode.obs["state"], np.float32))
         rows["actions"].append(label)
         rows["success"].append(bool(env.is_success()))
-        use_expert = bool(label[TERMINATE] >= 0.5 or rows["rng"].uniform() < cfg.expert_mix)
+        done = bool(label[TERMINATE] >= 0.5)  # the task is reached: the expert ends the episode
+        rows["policy_terminated"] = done and bool(action[TERMINATE] >= 0.5)
+        use_expert = done or rows["rng"].uniform() < cfg.expert_mix
         rows["expert"].append(use_expert)
         return label.astype(np.float64) if use_expert else action
 
@@ -274,7 +304,8 @@ def _roll_out(cfg: DaggerConfig, gen_cfg: GenerateConfig, missing: list[int], ou
             out.write(index, columns, {
                 "seed": ep.seed, "attempts": 1, "family": ep.family, "instruction": ep.instruction,
                 "template": rows["template"], "success": bool(ep.success), "on_policy": True,
-                "record_extra": {"expert_executed": int(sum(rows["expert"]))}})
+                "record_extra": {"expert_executed": int(sum(rows["expert"])),
+                                 "policy_terminated": rows.get("policy_terminated", False)}})
             if progress is not None:
                 progress(index + 1, total)
     return len(missing)

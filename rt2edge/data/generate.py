@@ -33,8 +33,11 @@ from rt2edge.sim.tasks import (
 
 GENERATION_FILE = "meta/generation.json"
 # Episodes that are not a run of the expert on its own task: a relabeled carry (labels for another
-# destination) and an on-policy episode (rt2edge.data.on_policy: a policy drove, the expert labelled).
+# destination) and an on-policy episode (rt2edge.data.dagger: a policy drove, the expert labelled).
 EPISODE_MARKERS = ("relabeled", "on_policy")
+# What an on-policy episode records of its rollout: steps the expert's action was executed, and
+# whether the policy's own action terminated when the task was reached.
+ON_POLICY_FIELDS = ("expert_executed", "policy_terminated")
 # Fields of the recipe that decide what an episode contains; a resumed run must match them.
 RECIPE_FIELDS = ("seed", "image_size", "split", "families", "object_counts", "max_steps",
                  "action_noise", "move_noise", "gripper_noise", "start_anywhere", "relabel_carry",
@@ -306,7 +309,7 @@ def finalize_dataset(root: Path, cfg: GenerateConfig, feats: dict[str, Any],
     atomic_write_jsonl(root / "meta/tasks.jsonl", ({"task_index": i, "task": t} for t, i in by_index))
     atomic_write_jsonl(root / "meta/episodes.jsonl", (
         {k: r[k] for k in ("episode_index", "tasks", "length", "success", "family", "template",
-                           "seed", "attempts", *EPISODE_MARKERS) if k in r} for r in records))
+                           "seed", "attempts", *EPISODE_MARKERS, *ON_POLICY_FIELDS) if k in r} for r in records))
     atomic_write_jsonl(root / "meta/episodes_stats.jsonl", (
         {"episode_index": r["episode_index"], "stats": {
             "action": r["stats"]["action"], "observation.state": r["stats"]["observation.state"],
