@@ -38,9 +38,9 @@ from rt2edge.atomic import atomic_write, atomic_write_json, remove_temporaries
 from rt2edge.checks import check_finite
 from rt2edge.data import lerobot
 from rt2edge.data.generate import (
-    GENERATION_FILE, RECIPE_FIELDS, GenerateConfig, episode_seed, finalize_dataset, recipe_env, write_episode,
+    GENERATION_FILE, RECIPE_FIELDS, EpisodeLog, GenerateConfig, episode_seed, finalize_dataset, recipe_env,
 )
-from rt2edge.data.lerobot import DATA_PATH, DatasetError
+from rt2edge.data.lerobot import DatasetError
 from rt2edge.errors import ConfigError
 from rt2edge.sim import ACTION_NAMES, STATE_NAMES
 from rt2edge.sim.language import check_families
@@ -166,41 +166,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
         atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
-class _Episodes:
-    """The output's episode records in index order, with the running frame offset and task table
-    that every next episode's parquet file must agree with."""
-
-    def __init__(self, root: Path, cfg: GenerateConfig, feats: dict[str, Any]):
-        self.root, self.cfg, self.feats = root, cfg, feats
-        self.tasks: dict[str, int] = {}
-        self.records: list[dict[str, Any]] = []
-        self.offset = 0
-
-    def path(self, index: int, folder: Path | None = None) -> Path:
-        return (folder or self.root) / DATA_PATH.format(episode_chunk=index // self.cfg.chunks_size,
-                                                        episode_index=index)
-
-    def adopt(self, index: int) -> None:
-        """Take the finished episode `index` (a file under root) after the ones taken so far."""
-        path = self.path(index)
-        record = lerobot.read_episode_record(path)
-        task_index = self.tasks.setdefault(record["tasks"][0], len(self.tasks))
-        if (record["episode_index"], record["index_offset"], record["task_index"]) != (
-                index, self.offset, task_index):
-            raise DatasetError(str(path), "does not fit the episodes before it; delete it (and later "
-                                          "ones) to roll them out again")
-        self._append(record)
-
-    def write(self, index: int, columns: dict[str, Any], meta: dict[str, Any]) -> None:
-        task_index = self.tasks.setdefault(meta["instruction"], len(self.tasks))
-        self._append(write_episode(self.path(index), self.cfg, self.feats, index, self.offset,
-                                    task_index, columns, meta))
-
-    def _append(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        self.offset += record["length"]
-
-
 def dagger(cfg: DaggerConfig, progress: Callable[[int, int], None] | None = None,
            load_policy: Callable[[str], Any] | None = None) -> DaggerReport:
     """Run (or finish) one DAgger round; returns what the policy did in it.
@@ -224,7 +189,7 @@ def dagger(cfg: DaggerConfig, progress: Callable[[int, int], None] | None = None
     root.mkdir(parents=True, exist_ok=True)
     remove_temporaries(root)
     atomic_write_json(root / GENERATION_FILE, {"recipe": recipe, "on_policy": rounds})
-    out = _Episodes(root, gen_cfg, lerobot.features(gen_cfg.image_size, STATE_NAMES, ACTION_NAMES))
+    out = EpisodeLog(root, gen_cfg, lerobot.features(gen_cfg.image_size, STATE_NAMES, ACTION_NAMES))
     for index in range(n_base):
         _link_or_copy(out.path(index, base), out.path(index))
         out.adopt(index)
@@ -261,7 +226,7 @@ def _round_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
             "expert_executed": sum(r["expert_executed"] for r in records) / max(frames, 1)}
 
 
-def _roll_out(cfg: DaggerConfig, gen_cfg: GenerateConfig, missing: list[int], out: _Episodes, policy: Any,
+def _roll_out(cfg: DaggerConfig, gen_cfg: GenerateConfig, missing: list[int], out: EpisodeLog, policy: Any,
               progress: Callable[[int, int], None] | None, total: int) -> int:
     """Roll out the missing on-policy episodes; write each, in index order, once it and every
     episode before it are done (batched envs finish out of order). Returns how many."""

@@ -217,8 +217,8 @@ def _rollout(env: TabletopEnv, cfg: GenerateConfig, index: int, family: str, rel
 
 
 def write_episode(path: Path, cfg: GenerateConfig, feats: dict[str, Any], index: int,
-                   offset: int, task_index: int, columns: dict[str, Any],
-                   meta: dict[str, Any]) -> dict[str, Any]:
+                  offset: int, task_index: int, columns: dict[str, Any],
+                  meta: dict[str, Any]) -> dict[str, Any]:
     n = len(columns["actions"])
     record = {
         "episode_index": index, "tasks": [meta["instruction"]], "length": n,
@@ -260,39 +260,62 @@ def generate(cfg: GenerateConfig,
     atomic_write_json(root / GENERATION_FILE, {"recipe": cfg.recipe()})
     families = check_families(cfg.families)
     env = recipe_env(cfg)
-    feats = lerobot.features(cfg.image_size, STATE_NAMES, ACTION_NAMES)
-    tasks: dict[str, int] = {}
-    records: list[dict[str, Any]] = []
-    offset = generated = 0
+    out = EpisodeLog(root, cfg, lerobot.features(cfg.image_size, STATE_NAMES, ACTION_NAMES))
+    generated = 0
     plan = episode_plan(families, cfg.relabel_carry)
     for index in range(cfg.episodes):
-        path = root / DATA_PATH.format(episode_chunk=index // cfg.chunks_size, episode_index=index)
-        family, relabeled = plan[index % len(plan)]
-        if path.exists():
-            record = lerobot.read_episode_record(path)
-            task_index = tasks.setdefault(record["tasks"][0], len(tasks))
-            if (record["episode_index"], record["index_offset"], record["task_index"]) != (
-                    index, offset, task_index):
-                raise DatasetError(str(path), "does not fit the episodes before it; delete it "
-                                              "(and later ones) to regenerate")
+        if out.path(index).exists():
+            out.adopt(index)
         else:
-            columns, meta = _rollout(env, cfg, index, family, relabeled)
-            task_index = tasks.setdefault(meta["instruction"], len(tasks))
-            record = write_episode(path, cfg, feats, index, offset, task_index, columns, meta)
+            family, relabeled = plan[index % len(plan)]
+            out.write(index, *_rollout(env, cfg, index, family, relabeled))
             generated += 1
-        records.append(record)
-        offset += record["length"]
         if progress is not None:
             progress(index + 1, cfg.episodes)
-    report = finalize_dataset(root, cfg, feats, records, tasks)
+    report = finalize_dataset(root, cfg, out.feats, out.records, out.tasks)
     report.generated, report.reused = generated, cfg.episodes - generated
     report.seconds = time.perf_counter() - start
     return report
 
 
+class EpisodeLog:
+    """The output's episode records in index order, with the running frame offset and task table
+    that every next episode's parquet file must agree with."""
+
+    def __init__(self, root: Path, cfg: GenerateConfig, feats: dict[str, Any]):
+        self.root, self.cfg, self.feats = root, cfg, feats
+        self.tasks: dict[str, int] = {}
+        self.records: list[dict[str, Any]] = []
+        self.offset = 0
+
+    def path(self, index: int, folder: Path | None = None) -> Path:
+        return (folder or self.root) / DATA_PATH.format(episode_chunk=index // self.cfg.chunks_size,
+                                                        episode_index=index)
+
+    def adopt(self, index: int) -> None:
+        """Take the finished episode `index` (a file under root) after the ones taken so far."""
+        path = self.path(index)
+        record = lerobot.read_episode_record(path)
+        task_index = self.tasks.setdefault(record["tasks"][0], len(self.tasks))
+        if (record["episode_index"], record["index_offset"], record["task_index"]) != (
+                index, self.offset, task_index):
+            raise DatasetError(str(path), "does not fit the episodes before it; delete it (and later "
+                                          "ones) to make them again")
+        self._append(record)
+
+    def write(self, index: int, columns: dict[str, Any], meta: dict[str, Any]) -> None:
+        task_index = self.tasks.setdefault(meta["instruction"], len(self.tasks))
+        self._append(write_episode(self.path(index), self.cfg, self.feats, index, self.offset,
+                                   task_index, columns, meta))
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self.offset += record["length"]
+
+
 def finalize_dataset(root: Path, cfg: GenerateConfig, feats: dict[str, Any],
-              records: list[dict[str, Any]], tasks: dict[str, int],
-              provenance: dict[str, Any] | None = None) -> GenerateReport:
+                     records: list[dict[str, Any]], tasks: dict[str, int],
+                     provenance: dict[str, Any] | None = None) -> GenerateReport:
     """Write the meta files; info.json goes last, so its presence marks a complete dataset.
     provenance: more keys for meta/generation.json (e.g. the on-policy rounds)."""
     paths = [root / DATA_PATH.format(episode_chunk=r["episode_index"] // cfg.chunks_size,
