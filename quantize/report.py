@@ -3,8 +3,8 @@
 Sections: what was done (method, bits, block size, algorithm, target, kept groups / layers), size
 on disk and weight bytes before/after, the held-out fidelity (action-token agreement, per-dim
 action error in real units, teacher-forced logit KL), runtime latency measured during the
-held-out pass, the per-layer sensitivity ranking when it ran, and closed-loop success next to
-the source's when `episodes` was given.
+held-out pass, the per-layer sensitivity ranking when it ran, closed-loop success next to
+the source's when `episodes` was given, and whether the fidelity targets are met.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from quantize.config import QuantizeConfig
 from quantize.fidelity import FidelityReport, LogitFidelity
 from quantize.registry import MethodOutput, QuantMethod
 from quantize.sizes import compression
+from quantize.targets import check_targets, targets_markdown
 
 REPORT_STEM = "quantize_report"
 SENSITIVITY_ROWS = 20  # the Markdown shows the top of the ranking; the JSON has every layer
@@ -40,6 +41,7 @@ def build_report(cfg: QuantizeConfig, method: QuantMethod, result: MethodOutput,
         "latency": latency or None,
         "sensitivity": details.pop("sensitivity", None),
         "closed_loop": closed_loop,
+        "targets": check_targets(method.bits, fidelity.token_agreement, closed_loop),
         "details": details,
     }
 
@@ -115,4 +117,5 @@ def report_markdown(report: dict[str, Any], fidelity: FidelityReport, logits: Lo
         extra += _sensitivity_lines(report["sensitivity"])
     if report.get("closed_loop"):
         extra += _closed_loop_lines(report["closed_loop"])
+    extra += targets_markdown(report["targets"])
     return text + ("\n".join(extra) + "\n" if extra else "")

@@ -6,7 +6,7 @@
 # output is complete and `distill finetune` resumes, so the same command continues an interrupted run.
 #
 #   bash scripts/dagger_rounds.sh             # one round on item 16's policy and data
-#   ROUNDS=3 bash scripts/dagger_rounds.sh    # item 17 (re-running continues: done rounds are skipped)
+#   ROUNDS=5 bash scripts/dagger_rounds.sh    # item 17 (re-running continues: done rounds are skipped)
 #
 # START: the policy of round 0 (default runs/all-r2-plain12k-24k-data, item 16).
 # DATA: the dataset it was trained on (default runs/data/tabletop-q-r2-24k).

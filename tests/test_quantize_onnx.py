@@ -116,6 +116,12 @@ def test_report_has_sizes_and_held_out_fidelity(quantized):
     assert report["latency"]["quantized"]["acts"] == FRAMES
     markdown = (quantized.out / "quantize_report.md").read_text()
     assert "Action fidelity vs the source (held-out)" in markdown and "| decoder |" in markdown
+    # The verdict is the measured agreement against the bar for the method's bits, and says so.
+    [check] = report["targets"]["checks"]
+    floor = 0.99 if quantized.bits == 8 else 0.97
+    assert (check["check"], check["bound"], check["measured"]) == ("token_agreement", floor, fid["token_agreement"])
+    assert report["targets"]["met"] is (fid["token_agreement"] >= floor)
+    assert "## Targets" in markdown and ("**missed**" in markdown) is not report["targets"]["met"]
 
 
 def test_graphs_hold_what_the_method_promises(quantized):
@@ -199,4 +205,9 @@ def test_the_cli_quantizes_an_artifact_and_runs_closed_loop_episodes(artifact, t
             assert c["both"] + c["only_a"] == round(loop["source"][c["split"]] * c["episodes"])
     report = (out / "quantize_report.md").read_text()
     assert "McNemar p" in report and "| all |" in report
+    targets = json.loads((out / "quantize_report.json").read_text())["targets"]
+    drops = {c["check"]: c["measured"] for c in targets["checks"][1:]}
+    assert drops == {f"success_drop_{s}": round(loop["source"][s] - loop["quantized"][s], 9)
+                     for s in ("train", "heldout")}
+    assert summary["targets_met"] is targets["met"] and ("remedy" in summary) is not targets["met"]
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]

@@ -30,10 +30,13 @@ def _summary(out: Path) -> dict:
                "holdout_frames": fid["n_observations"], "token_agreement": fid["token_agreement"],
                "action_agreement": fid["action_agreement"],
                "mean_abs_error": dict(zip(fid["dim_names"], fid["mean_abs_error"])),
-               "latency": report["latency"], "report": str(out / "quantize_report.md")}
+               "latency": report["latency"], "targets_met": report["targets"]["met"],
+               "report": str(out / "quantize_report.md")}
     if report.get("closed_loop"):
         loop = report["closed_loop"]
         summary["closed_loop"] = {"source": loop["source"], "quantized": loop["quantized"]}
+    if report["targets"]["remedy"]:
+        summary["remedy"] = report["targets"]["remedy"]
     if report.get("sensitivity"):
         summary["most_sensitive"] = [row["label"] for row in report["sensitivity"]["layers"][:5]]
     return summary
