@@ -41,7 +41,7 @@ def build_report(cfg: QuantizeConfig, method: QuantMethod, result: MethodOutput,
         "latency": latency or None,
         "sensitivity": details.pop("sensitivity", None),
         "closed_loop": closed_loop,
-        "targets": check_targets(method.bits, fidelity.token_agreement, closed_loop),
+        "targets": check_targets(method.bits, method.source, fidelity.token_agreement, closed_loop),
         "details": details,
     }
 
