@@ -117,5 +117,5 @@ def report_markdown(report: dict[str, Any], fidelity: FidelityReport, logits: Lo
         extra += _sensitivity_lines(report["sensitivity"])
     if report.get("closed_loop"):
         extra += _closed_loop_lines(report["closed_loop"])
-    extra += targets_markdown(report["targets"])
-    return text + ("\n".join(extra) + "\n" if extra else "")
+    extra += targets_markdown(report["targets"])  # never empty: every report ends with its verdict
+    return text + "\n".join(extra) + "\n"
