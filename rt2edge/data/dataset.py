@@ -111,8 +111,7 @@ def _data_files(root: Path, info: dict[str, Any]) -> list[Path]:
         chunks = int(info.get("chunks_size", 1000))
         if not isinstance(info.get("total_episodes"), int):
             raise DatasetError("meta/info.json", "needs 'total_episodes' (an int) to find one file per episode")
-        files = [root / template.format(episode_chunk=i // chunks, episode_index=i)
-                 for i in range(info["total_episodes"])]
+        files = [lerobot.episode_file(root, i, chunks, template) for i in range(info["total_episodes"])]
         missing = [str(p.relative_to(root)) for p in files if not p.exists()]
         if missing:
             raise DatasetError(missing[0], f"missing ({len(missing)} episode files in all)")

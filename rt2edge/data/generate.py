@@ -289,8 +289,7 @@ class EpisodeLog:
         self.offset = 0
 
     def path(self, index: int, folder: Path | None = None) -> Path:
-        return (folder or self.root) / DATA_PATH.format(episode_chunk=index // self.cfg.chunks_size,
-                                                        episode_index=index)
+        return lerobot.episode_file(folder or self.root, index, self.cfg.chunks_size)
 
     def adopt(self, index: int) -> None:
         """Take the finished episode `index` (a file under root) after the ones taken so far."""
@@ -318,8 +317,7 @@ def finalize_dataset(root: Path, cfg: GenerateConfig, feats: dict[str, Any],
                      provenance: dict[str, Any] | None = None) -> GenerateReport:
     """Write the meta files; info.json goes last, so its presence marks a complete dataset.
     provenance: more keys for meta/generation.json (e.g. the on-policy rounds)."""
-    paths = [root / DATA_PATH.format(episode_chunk=r["episode_index"] // cfg.chunks_size,
-                                     episode_index=r["episode_index"]) for r in records]
+    paths = [lerobot.episode_file(root, r["episode_index"], cfg.chunks_size) for r in records]
     actions = np.concatenate([lerobot.read_vectors(p, "action") for p in paths])
     states = np.concatenate([lerobot.read_vectors(p, "observation.state") for p in paths])
     frames = int(sum(r["length"] for r in records))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -34,6 +35,11 @@ DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 IMAGE_KEY = "observation.image"
 EPISODE_META_KEY = b"rt2edge.episode"
 ROBOT_TYPE = "rt2edge_tabletop"
+
+
+def episode_file(root: Path, index: int, chunks_size: int, template: str = DATA_PATH) -> Path:
+    """Where episode `index` of a v2.x dataset lives: chunk `index // chunks_size` of `template`."""
+    return root / template.format(episode_chunk=index // chunks_size, episode_index=index)
 
 
 def features(image_size: int, state_names: Sequence[str],
