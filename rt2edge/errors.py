@@ -17,6 +17,7 @@ class ConfigError(Rt2EdgeError, ValueError):
 
     def __init__(self, field: str, message: str):
         self.field = field
+        self.reason = message
         super().__init__(f"{field}: {message}")
 
 
@@ -37,6 +38,7 @@ class InputError(Rt2EdgeError, ValueError):
 
     def __init__(self, field: str, message: str):
         self.field = field
+        self.reason = message
         super().__init__(f"{field}: {message}")
 
 
@@ -49,6 +51,7 @@ class DatasetError(ArtifactError, ValueError):
 
     def __init__(self, field: str, message: str):
         self.field = field
+        self.reason = message
         super().__init__(f"{field}: {message}")
 
 

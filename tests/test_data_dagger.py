@@ -58,7 +58,7 @@ def policy_dir(tmp_path) -> Path:
 
 def run(base: Path, policy: Path, out: Path, episodes: int = 6, driver: type = DriftPolicy, **kwargs) -> object:
     cfg = DaggerConfig(base=str(base), policy=str(policy), out=str(out), episodes=episodes, **kwargs)
-    return dagger(cfg, load_policy=lambda _path: driver())
+    return dagger(cfg, load_policy=lambda _path, **_options: driver())
 
 
 def files_of(root: Path) -> dict[str, bytes]:
@@ -161,6 +161,39 @@ def test_an_interrupted_round_resumes_to_the_same_bytes(base, policy_dir, tmp_pa
     assert files_of(part) == files_of(whole)
 
 
+def test_an_interrupted_loop_escape_round_resumes_to_the_same_bytes(base, policy_dir, tmp_path):
+    """Each episode reseeds the runtime's sampling from its own seed, so a resumed round draws
+    what the uninterrupted one drew."""
+    from artifact_factory import make_artifact
+
+    from rt2edge.evaluation.policies import ArtifactPolicyAdapter
+    from rt2edge.runtime import LoopEscape, Policy
+
+    root = make_artifact(tmp_path / "art")[0]
+    loaded = []
+
+    def loader(_path, **_options):  # tolerance 1: nearly every act after the first samples
+        loaded.append(Policy.load(root, num_threads=1, loop_escape=LoopEscape(temperature=1.0, tolerance=1.0)))
+        return ArtifactPolicyAdapter(loaded[-1])
+
+    def config(out):
+        return DaggerConfig(base=str(base), policy=str(policy_dir), out=str(out), episodes=4, loop_escape=1.0)
+
+    whole = tmp_path / "whole"
+    dagger(config(whole), load_policy=loader)
+    assert loaded[0].loop.escapes > 0
+
+    def stop(done: int, total: int) -> None:
+        if done == BASE_EPISODES + 2:
+            raise KeyboardInterrupt
+
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        dagger(config(part), progress=stop, load_policy=loader)
+    assert dagger(config(part), load_policy=loader).generated == 2
+    assert files_of(part) == files_of(whole)
+
+
 def test_a_round_extends_an_earlier_round(base, policy_dir, tmp_path):
     first = tmp_path / "round1"
     run(base, policy_dir, first, episodes=2)
@@ -175,7 +208,8 @@ def test_a_round_extends_an_earlier_round(base, policy_dir, tmp_path):
 def test_resuming_with_another_policy_seed_or_mix_is_refused_on_that_option(base, policy_dir, tmp_path):
     out = tmp_path / "round1"
     run(base, policy_dir, out, episodes=2)
-    for change, option in (({"expert_mix": 0.5}, "expert_mix"), ({"seed": 1}, "seed")):
+    for change, option in (({"expert_mix": 0.5}, "expert_mix"), ({"seed": 1}, "seed"),
+                           ({"loop_escape": 0.5}, "loop_escape")):
         with pytest.raises(ConfigError) as refused:
             run(base, policy_dir, out, episodes=2, **change)
         assert refused.value.field == option
@@ -183,6 +217,23 @@ def test_resuming_with_another_policy_seed_or_mix_is_refused_on_that_option(base
     with pytest.raises(ConfigError) as refused:
         run(base, policy_dir, out, episodes=2)
     assert refused.value.field == "policy"
+
+
+def test_a_loop_escape_round_hands_the_setting_to_the_loader_and_records_it(base, policy_dir, tmp_path):
+    seen = []
+
+    def loader(path, **options):
+        seen.append(options)
+        return DriftPolicy()
+
+    out = tmp_path / "round1"
+    dagger(DaggerConfig(base=str(base), policy=str(policy_dir), out=str(out), episodes=1, loop_escape=0.5),
+           load_policy=loader)
+    assert seen[0]["loop_escape"].temperature == 0.5
+    assert json.loads((out / "meta/generation.json").read_text())["on_policy"][-1]["loop_escape"] == 0.5
+    with pytest.raises(ConfigError) as refused:  # greedy episodes are not mixed into an escape round
+        run(base, policy_dir, out, episodes=2)
+    assert refused.value.field == "loop_escape"
 
 
 def test_a_gap_in_the_on_policy_episodes_is_refused(base, policy_dir, tmp_path):
@@ -214,6 +265,11 @@ def test_bad_input_is_refused(base, policy_dir, tmp_path):
         DaggerConfig(base=str(base), policy=str(policy_dir), out=str(base), episodes=1)
     with pytest.raises(ConfigError, match="episodes"):
         DaggerConfig(base=str(base), policy=str(policy_dir), out=str(tmp_path / "o"), episodes=0)
+    for temperature, mix in ((0.0, 0.0), (float("inf"), 0.0), ("hot", 0.0), (1.0, 0.5)):
+        with pytest.raises(ConfigError) as refused:
+            DaggerConfig(base=str(base), policy=str(policy_dir), out=str(tmp_path / "o"), episodes=1,
+                         loop_escape=temperature, expert_mix=mix)
+        assert refused.value.field == "loop_escape"
     with pytest.raises(ConfigError, match="policy"):
         run(base, tmp_path / "no-such-policy", tmp_path / "o")
     not_a_policy = tmp_path / "empty"
@@ -231,6 +287,17 @@ def test_bad_input_is_refused(base, policy_dir, tmp_path):
         run(tmp_path / "missing", policy_dir, tmp_path / "o")
 
 
+def test_cli_round_with_a_real_artifact_and_loop_escape(base, tiny_llava_artifact, tmp_path):
+    from test_data_cli import app
+
+    out = tmp_path / "round1"
+    result = CliRunner().invoke(app(), ["data", "dagger", "--base", str(base), "--policy", str(tiny_llava_artifact),
+                                        "--episodes", "2", "--out", str(out), "--loop-escape", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "meta/generation.json").read_text())["on_policy"][-1]["loop_escape"] == 0.5
+    assert len(EpisodeDataset(out).episode_indices) == BASE_EPISODES + 2
+
+
 def test_cli_round_with_a_real_checkpoint(base, tiny_llava_checkpoint, tmp_path):
     from test_data_cli import app
 
@@ -246,6 +313,9 @@ def test_cli_round_with_a_real_checkpoint(base, tiny_llava_checkpoint, tmp_path)
     bad = CliRunner().invoke(app(), ["data", "dagger", "--base", str(base), "--policy", str(tiny_llava_checkpoint),
                                      "--episodes", "2", "--out", str(out), "--expert-mix", "2"])
     assert bad.exit_code != 0 and "--expert-mix" in bad.output
+    escape = CliRunner().invoke(app(), ["data", "dagger", "--base", str(base), "--policy", str(tiny_llava_checkpoint),
+                                        "--episodes", "2", "--out", str(tmp_path / "e"), "--loop-escape", "0.5"])
+    assert escape.exit_code == 2 and "export it" in escape.output and not (tmp_path / "e").exists()
     missing = CliRunner().invoke(app(), ["data", "dagger", "--base", str(tmp_path / "nope"), "--policy",
                                          str(tiny_llava_checkpoint), "--episodes", "2", "--out", str(tmp_path / "o")])
     assert missing.exit_code == 2 and "meta/info.json" in missing.output and "Traceback" not in missing.output

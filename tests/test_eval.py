@@ -283,3 +283,28 @@ def test_rt2edge_eval_carry_probe(tiny_checkpoint, tmp_path):
     for extra, option in ((["--probe-phase", "grasp"], "--probe-phase"), (["--families", "pick"], "--families")):
         bad = CliRunner().invoke(app, args[:-2] + extra + ["--json", str(tmp_path / "none.json")])
         assert bad.exit_code == 2 and option in bad.output and not (tmp_path / "none.json").exists()
+
+
+class Oscillator:
+    """+x, then -x, then +x...: back in its first state after two steps, a loop."""
+
+    name = "oscillator"
+    stateful = True
+
+    def reset(self) -> None:
+        self.sign = 1.0
+
+    def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
+        self.sign = -self.sign
+        return np.array([-0.1 * self.sign, 0, 0, 0, 0, 0, -1, 0], np.float64)
+
+
+def test_episodes_that_return_to_an_earlier_state_are_counted_as_loops():
+    looping = evaluate(Oscillator(), episodes=2, splits=["train"], max_steps=6)
+    assert [e.revisit_step for e in looping.episodes] == [2, 2] and all(not e.terminated for e in looping.episodes)
+    census = "back in an earlier state (a loop): train 2 of 2 (2 of the 2 that ran out of steps)"
+    assert census in looping.format_table()
+    assert looping.to_dict()["episodes"][0]["revisit_step"] == 2
+    expert = evaluate(ScriptedExpertPolicy(), episodes=6, splits=["train"])
+    assert all(e.success and e.revisit_step is None for e in expert.episodes)  # it never goes back
+    assert "a loop" not in expert.format_table()

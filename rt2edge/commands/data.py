@@ -79,6 +79,9 @@ def register(app: typer.Typer) -> None:
                                               "instead of the policy's (DAgger's beta)."),
         num_envs: int = typer.Option(8, "--num-envs", help="Envs stepped at once by a checkpoint."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads."),
+        loop_escape: Optional[float] = typer.Option(
+            None, "--loop-escape", help="A deploy artifact drives with the runtime's loop escape at this "
+                                        "temperature (see `rt2edge eval --loop-escape`). Default: greedy."),
     ) -> None:
         """DAgger: the policy drives, the scripted expert labels every state; writes the base's
         episodes plus the on-policy ones as one dataset for `distill finetune`."""
@@ -95,7 +98,8 @@ def register(app: typer.Typer) -> None:
         with user_errors():  # a bad base or policy folder: one line, exit 2
             try:
                 report = run(DaggerConfig(base=str(base), policy=str(policy), out=str(out), episodes=episodes,
-                                          seed=seed, expert_mix=expert_mix, num_envs=num_envs),
+                                          seed=seed, expert_mix=expert_mix, num_envs=num_envs,
+                                          loop_escape=loop_escape),
                              progress=progress)
             except ConfigError as exc:
                 raise bad_option(exc) from exc

@@ -15,7 +15,7 @@ from rt2edge.commands import bad_option, int_list, user_errors
 
 SPLIT_CHOICES = {"train": ("train",), "heldout": ("heldout",), "both": ("train", "heldout")}
 # ConfigError fields -> the options that set them, for usage errors that name the option.
-OPTION_NAMES = {"object_counts": "objects", "phase": "probe-phase"}
+OPTION_NAMES = {"object_counts": "objects", "phase": "probe-phase", "loop_escape.temperature": "loop-escape"}
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +50,10 @@ def register(app: typer.Typer) -> None:
                                            "--objects) driven by the scripted expert and by the policy, "
                                            "and report per task phase how often the policy's action is the "
                                            "expert's on each: compounding errors show as a gap. (0: skip)"),
+        loop_escape: Optional[float] = typer.Option(
+            None, "--loop-escape", help="Deploy artifacts: sample, at this temperature, each action taken from a "
+                                        "pose the episode already acted from (the runtime's LoopEscape), instead "
+                                        "of repeating a loop. Default: greedy."),
         paired_with: Optional[Path] = typer.Option(
             None, "--paired-with", help="An earlier `--json` result of the same scenes (same --seed, --episodes, "
                                         "--split, --families, --objects, --max-steps): count the episodes only "
@@ -77,7 +81,15 @@ def register(app: typer.Typer) -> None:
                     env = default_env_factory(None, max_steps, counts)("train")
                     other.check_pairable(seed, env.max_steps, episodes, SPLIT_CHOICES[split],
                                          resolved_scene_options(env, family_list))
-                policy = load_policy(policy_path, providers=providers)
+                escape = None
+                if loop_escape is not None:
+                    from rt2edge.runtime.loop_escape import LoopEscape
+
+                    escape = LoopEscape(temperature=loop_escape)
+                    if agreement:  # its expert-driven pass would move the robot behind the runtime's back
+                        raise ConfigError("loop_escape", "cannot run with --expert-agreement: the expert "
+                                                         "drives there, and the runtime tracks only its own moves")
+                policy = load_policy(policy_path, providers=providers, loop_escape=escape)
                 if language_probe:  # refuse a family list or phase it cannot probe before the evaluation
                     probe_families(family_list, probe_phase)
                 result = evaluate(policy, episodes=episodes, seed=seed, splits=SPLIT_CHOICES[split],

@@ -48,7 +48,8 @@ from rt2edge.sim.language import check_families
 TERMINATE = ACTION_NAMES.index("terminate")
 # Fields of a round that decide what its episodes contain (a resumed run must match them), and
 # the option that sets each.
-ROUND_FIELDS = {"policy_sha256": "policy", "seed": "seed", "expert_mix": "expert_mix", "first_episode": "base"}
+ROUND_FIELDS = {"policy_sha256": "policy", "seed": "seed", "expert_mix": "expert_mix", "first_episode": "base",
+                "loop_escape": "loop_escape"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,17 @@ class DaggerConfig:
     seed: int = 0
     expert_mix: float = 0.0
     num_envs: int = 8
+    # A deploy artifact drives with the runtime's loop escape at this temperature (None: greedy),
+    # so the round labels the states the deployed policy reaches after leaving a loop.
+    loop_escape: float | None = None
+
+    def escape(self) -> Any:
+        """The runtime's LoopEscape for `loop_escape`, None when off."""
+        if self.loop_escape is None:
+            return None
+        from rt2edge.runtime.loop_escape import LoopEscape
+
+        return LoopEscape(temperature=self.loop_escape)
 
     def __post_init__(self) -> None:
         for name in ("base", "policy", "out"):
@@ -76,6 +88,14 @@ class DaggerConfig:
         check_finite("expert_mix", self.expert_mix, 0.0, 1.0)
         if not isinstance(self.num_envs, int) or self.num_envs < 1:
             raise ConfigError("num_envs", f"must be an integer >= 1, got {self.num_envs!r}")
+        if self.loop_escape is not None:
+            if self.expert_mix > 0:  # the runtime would count the expert's moves as its own
+                raise ConfigError("loop_escape", "needs --expert-mix 0: the runtime tracks the pose from "
+                                                 "its own actions, and the expert's would be missed")
+            try:
+                self.escape()
+            except ConfigError as exc:
+                raise ConfigError("loop_escape", exc.reason) from exc
 
 
 @dataclass
@@ -171,7 +191,7 @@ def dagger(cfg: DaggerConfig, progress: Callable[[int, int], None] | None = None
     """Run (or finish) one DAgger round; returns what the policy did in it.
 
     progress(done, total): called after each on-policy episode is written.
-    load_policy(path) -> ActionPolicy (default rt2edge.evaluation.load_policy)."""
+    load_policy(path[, loop_escape=LoopEscape]) -> ActionPolicy (default rt2edge.evaluation.load_policy)."""
     start = time.perf_counter()
     base, root = Path(cfg.base), Path(cfg.out)
     base_generation = _base_generation(base)
@@ -180,10 +200,13 @@ def dagger(cfg: DaggerConfig, progress: Callable[[int, int], None] | None = None
     recipe = gen_cfg.recipe()  # normalised: fields a base from an older version lacks get their defaults
     from rt2edge.evaluation.policies import load_policy as default_loader
 
-    policy = (load_policy or default_loader)(cfg.policy)  # before anything is written: a bad --policy leaves nothing
+    escape = {} if cfg.loop_escape is None else {"loop_escape": cfg.escape()}
+    # before anything is written: a bad --policy leaves nothing
+    policy = (load_policy or default_loader)(cfg.policy, **escape)
     this_round: dict[str, Any] = {
         "policy": str(cfg.policy), "policy_sha256": policy_fingerprint(cfg.policy), "seed": cfg.seed,
-        "expert_mix": cfg.expert_mix, "first_episode": n_base, "episodes": cfg.episodes}
+        "expert_mix": cfg.expert_mix, "first_episode": n_base, "episodes": cfg.episodes,
+        **({} if cfg.loop_escape is None else {"loop_escape": cfg.loop_escape})}
     rounds = [*base_generation.get("on_policy", []), this_round]
     _check_resume(root, {"recipe": recipe, "on_policy": rounds})
     root.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,13 @@ loader of the kind of policy asked for.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from rt2edge.errors import ActionValueError, ArtifactError
+from rt2edge.errors import ActionValueError, ArtifactError, ConfigError
 
 ARTIFACT_MANIFEST = "manifest.json"  # deploy artifact (rt2edge.artifact)
 CHECKPOINT_METADATA = "rt2edge.json"  # torch checkpoint (rt2edge.models.checkpoint)
@@ -93,10 +94,24 @@ class ArtifactPolicyAdapter:
         self.name = name
         self.safe_fallbacks = 0
 
-    def reset(self) -> None:
+    def reset(self, seed: int | None = None) -> None:
+        """Start of an episode; `seed` (the episode's) reseeds the runtime's loop escape, so an
+        episode's draws do not depend on which episodes ran before it."""
         reset = getattr(self.policy, "reset", None)
-        if callable(reset):
+        if not callable(reset):
+            return
+        if seed is not None and getattr(self.policy, "loop", None) is not None:
+            reset(seed=seed)
+        else:
             reset()
+
+    @property
+    def loop_escape(self) -> dict[str, Any] | None:
+        """The runtime's loop-escape settings and the actions it sampled so far; None when off."""
+        loop = getattr(self.policy, "loop", None)
+        if loop is None:
+            return None
+        return {**dataclasses.asdict(loop.config), "escapes": int(loop.escapes)}
 
     def act(self, image: np.ndarray, instruction: str) -> np.ndarray:
         action = self.policy.act(image, instruction)
@@ -129,17 +144,22 @@ class ScriptedExpertPolicy:
 
 
 def load_policy(path: str | Path, device: str | None = None, providers: str | Sequence[str] | None = None,
-                unnorm_key: str | None = None) -> Any:
+                unnorm_key: str | None = None, loop_escape: Any = None) -> Any:
     """A torch checkpoint folder (rt2edge.json) or a deploy artifact folder (manifest.json) -> an
-    ActionPolicy. Imports torch only for a checkpoint and onnxruntime only for an artifact."""
+    ActionPolicy. Imports torch only for a checkpoint and onnxruntime only for an artifact.
+    loop_escape (a runtime.LoopEscape) is a runtime option: deploy artifacts only."""
     folder = Path(path)
     if not folder.is_dir():
         raise ArtifactError(f"{str(path)!r} is not a folder (expected a checkpoint or a deploy artifact)")
     if (folder / ARTIFACT_MANIFEST).is_file():
         from rt2edge.runtime import Policy  # onnxruntime: the robot-side stack
 
-        return ArtifactPolicyAdapter(Policy.load(folder, providers=providers), name=folder.name)
+        return ArtifactPolicyAdapter(Policy.load(folder, providers=providers, loop_escape=loop_escape),
+                                     name=folder.name)
     if (folder / CHECKPOINT_METADATA).is_file():
+        if loop_escape is not None:
+            raise ConfigError("loop_escape", f"{folder} is a torch checkpoint; loop escape runs in the "
+                                             "deploy runtime: export it (`rt2edge export`) and pass the artifact")
         from rt2edge.models import VLAPolicy  # torch + transformers: the toolkit extra
 
         policy = VLAPolicy.from_pretrained(folder)

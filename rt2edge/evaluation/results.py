@@ -39,6 +39,10 @@ class EpisodeResult:
     terminated: bool  # the policy ended the episode itself (terminate flag)
     steps: int
     out_of_bounds_actions: int  # actions with a dim outside the env's action space (before clipping)
+    # The first step after which the env was back in a state of an earlier step (env.state_key):
+    # a policy of the image alone, decoded greedily, then loops until the step limit. None: never,
+    # or the env has no state_key.
+    revisit_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class EvaluationResult:
     episodes: list[EpisodeResult]
     wall_s: float
     safe_fallbacks: int | None = None  # deploy artifacts: actions replaced by the safe action
+    # Deploy artifacts run with loop escape: its settings and how many actions it sampled.
+    loop_escape: dict[str, Any] | None = None
     # One recorded rollout (frames uint8 (T, H, W, 3)) for a GIF / strip; not part of the JSON.
     rollout_frames: np.ndarray | None = field(default=None, repr=False)
     rollout_episode: EpisodeResult | None = None
@@ -109,6 +115,7 @@ class EvaluationResult:
             "scene_options": self.scene_options,
             "wall_s": self.wall_s,
             "safe_fallbacks": self.safe_fallbacks,
+            **({} if self.loop_escape is None else {"loop_escape": self.loop_escape}),
             "overall": asdict(self.summary()),
             "splits": {s: {"overall": asdict(self.summary(s)),
                            "families": {f: asdict(g) for f, g in self.by_family(s).items()}}
@@ -118,6 +125,12 @@ class EvaluationResult:
             **({} if self.expert_agreement is None else {"expert_agreement": self.expert_agreement.to_dict()}),
             **({} if self.paired is None else {"paired": self.paired.to_dict()}),
         }
+
+    def _loop_census(self, split: str) -> str:
+        failed = [e for e in self.episodes if e.split == split and not e.success]
+        timeouts = [e for e in failed if not e.terminated]
+        return (f"{split} {sum(e.revisit_step is not None for e in failed)} of {len(failed)} "
+                f"({sum(e.revisit_step is not None for e in timeouts)} of the {len(timeouts)} that ran out of steps)")
 
     def save_json(self, path: str | Path) -> Path:
         path = Path(path)
@@ -149,8 +162,14 @@ class EvaluationResult:
             return f"{f'{100 * low:.1f}-{100 * high:.1f}%':>22}{'':>7}"
 
         lines.append((f"{'95% interval':<14}" + "".join(interval(s) for s in splits)).rstrip())
+        if any(e.revisit_step is not None for e in self.episodes if not e.success):
+            lines.append("failed episodes back in an earlier state (a loop): " + "; ".join(
+                self._loop_census(split) for split in splits))
         if self.safe_fallbacks:
             lines.append(f"safe-fallback actions: {self.safe_fallbacks}")
+        if self.loop_escape is not None:
+            lines.append(f"loop escape (temperature {self.loop_escape['temperature']:g}): "
+                         f"{self.loop_escape['escapes']} sampled actions")
         if self.language_probe is not None:
             lines.append(self.language_probe.format_line())
         if self.expert_agreement is not None:

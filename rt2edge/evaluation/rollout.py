@@ -13,6 +13,7 @@ run one env at a time and are reset at the start of every episode.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -53,7 +54,19 @@ class RolloutEpisode:
     success: bool = False
     terminated: bool = False
     out_of_bounds: int = 0
+    revisit_step: int | None = None  # the first step that returned to an earlier state
     frames: list[np.ndarray] | None = field(default=None, repr=False)
+    visited: set[bytes] = field(default_factory=set, repr=False)  # env.state_key() of every step so far
+
+    def visit(self, env: Any) -> None:
+        """Note the env's state after `steps` steps (envs without state_key are not tracked)."""
+        key_of = getattr(env, "state_key", None)
+        if self.revisit_step is not None or not callable(key_of):
+            return
+        key = key_of()
+        if key in self.visited:
+            self.revisit_step = self.steps
+        self.visited.add(key)
 
 
 def default_env_factory(image_size: int | None, max_steps: int | None,
@@ -116,7 +129,8 @@ def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[st
             result = EpisodeResult(
                 split=split, index=episode.index, family=episode.family, instruction=episode.instruction,
                 seed=episode.seed, success=episode.success, reached=episode.reached,
-                terminated=episode.terminated, steps=episode.steps, out_of_bounds_actions=episode.out_of_bounds)
+                terminated=episode.terminated, steps=episode.steps,
+                out_of_bounds_actions=episode.out_of_bounds, revisit_step=episode.revisit_step)
             results.append(result)
             if frames is not None:
                 recorded = (np.stack(frames), result)
@@ -128,7 +142,8 @@ def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[st
     return EvaluationResult(
         policy=str(getattr(policy, "name", type(policy).__name__)), seed=seed,
         max_steps=env_max_steps, episodes=results, wall_s=time.perf_counter() - start, scene_options=scene_options,
-        safe_fallbacks=fallbacks, rollout_frames=None if recorded is None else recorded[0],
+        safe_fallbacks=fallbacks, loop_escape=getattr(policy, "loop_escape", None),
+        rollout_frames=None if recorded is None else recorded[0],
         rollout_episode=None if recorded is None else recorded[1])
 
 
@@ -172,6 +187,8 @@ def run_plan(policy: Any, envs: list[Any], plan: deque, want_frames: bool = Fals
     yield (episode, frames or None) as they end, in finishing order. `execute` as run_episodes."""
     active: list[RolloutEpisode | None] = [None] * len(envs)
     attach = getattr(policy, "attach_env", None)
+    reset = getattr(policy, "reset", None)
+    seeded_reset = callable(reset) and "seed" in inspect.signature(reset).parameters
 
     def start(slot: int) -> None:
         if not plan:
@@ -182,12 +199,14 @@ def run_plan(policy: Any, envs: list[Any], plan: deque, want_frames: bool = Fals
         obs, info = env.reset(seed=ep.seed, options={"family": ep.family})
         ep.obs, ep.instruction = obs, env.instruction
         ep.reached = ep.success = bool(info.get("success", False))
+        ep.visit(env)
         if want_frames and ep.index == 0:
             ep.frames = [obs["image"].copy()]
         if callable(attach):
             attach(env)
-        reset = getattr(policy, "reset", None)
-        if callable(reset):
+        if seeded_reset:  # the episode's own seed: its draws (loop escape) do not depend on the order
+            reset(seed=ep.seed)
+        elif callable(reset):
             reset()
         active[slot] = ep
 
@@ -207,6 +226,8 @@ def run_plan(policy: Any, envs: list[Any], plan: deque, want_frames: bool = Fals
             # gripper/terminate values from being read differently by different envs.
             obs, _, terminated, truncated, info = env.step(np.clip(action, space.low, space.high))
             ep.obs, ep.steps = obs, ep.steps + 1
+            if not terminated:  # a terminate step may leave the scene as it was: that is no loop
+                ep.visit(env)
             ep.success = bool(info["success"])
             ep.reached = ep.reached or ep.success
             if ep.frames is not None:

@@ -8,7 +8,8 @@
 from rt2edge.runtime.action import Action, ActionGuard
 from rt2edge.runtime.backends import (Backend, BackendOptions, GraphRunner, register_backend,
                                       registered_backends)
+from rt2edge.runtime.loop_escape import LoopEscape
 from rt2edge.runtime.policy import Policy
 
-__all__ = ["Action", "ActionGuard", "Backend", "BackendOptions", "GraphRunner", "Policy",
+__all__ = ["Action", "ActionGuard", "Backend", "BackendOptions", "GraphRunner", "LoopEscape", "Policy",
            "register_backend", "registered_backends"]

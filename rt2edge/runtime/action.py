@@ -30,6 +30,7 @@ class Action:
     timing: seconds per stage (`STAGES`, only those that ran) plus "total".
     decode_steps: seconds of each decoder run after the prefill.
     safe_fallback: True when this is the safe action (deadline, runtime failure), see `reason`.
+    loop_escape: True when its bins were sampled to leave a loop (loop_escape.py), not the argmax.
     """
 
     values: np.ndarray
@@ -40,6 +41,7 @@ class Action:
     safe_fallback: bool = False
     reason: str | None = None
     decode_steps: tuple[float, ...] = field(default=())
+    loop_escape: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", _frozen(self.values, np.float32))
@@ -58,6 +60,7 @@ class Action:
             "decode_steps": list(self.decode_steps),
             "safe_fallback": self.safe_fallback,
             "reason": self.reason,
+            "loop_escape": self.loop_escape,
         }
 
 

@@ -8,6 +8,10 @@ Safety contract of `act` (a control loop must never crash and never wait for a l
   * every returned action lies within the action tokenizer's bounds;
   * a predicted or actual deadline miss, or any failure of the inference itself, returns the safe
     action (`ActionGuard`) with `safe_fallback=True` and the `reason`, and logs it.
+
+Decoding is greedy (the argmax bin of every action token), except with `loop_escape`: the motion
+and gripper tokens of an action taken from a state the episode already acted from are sampled
+instead (loop_escape.py).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from rt2edge.runtime import engine as _engine  # noqa: F401  (registers the tens
 from rt2edge.runtime.action import Action, ActionGuard
 from rt2edge.runtime.backends import BackendOptions, open_graphs
 from rt2edge.runtime.latency import Deadline, DeadlineExceeded, LatencyEstimator, SkipPolicy
+from rt2edge.runtime.loop_escape import LoopEscape, LoopMonitor
 from rt2edge.runtime.prefix_cache import (PrefixKVCache, check_prefix_cache_size, outputs_match,
                                           prefix_cache_refusal)
 from rt2edge.runtime.prompt_text import PromptText, check_text_cache_size
@@ -42,7 +47,8 @@ class Policy:
 
     def __init__(self, folder: Path, manifest: ArtifactManifest, runners: dict, provider: str,
                  deadline_s: float | None = None, safe_gripper: float | None = None,
-                 text_cache_size: int = 16, unnorm_key: str | None = None, prefix_cache_size: int = 0):
+                 text_cache_size: int = 16, unnorm_key: str | None = None, prefix_cache_size: int = 0,
+                 loop_escape: LoopEscape | None = None):
         self.folder = folder
         self.manifest = manifest
         self.provider = provider
@@ -51,6 +57,8 @@ class Policy:
         self.prompt = manifest.prompt_format()
         self.preprocessing = manifest.image_preprocessing()
         self.guard = ActionGuard(self.action_tokenizer, safe_gripper)
+        self.loop = None if loop_escape is None else LoopMonitor(_loop_escape(loop_escape), self.action_tokenizer)
+        self._sampling = False  # this act's tokens are drawn by self.loop, not taken greedily
         self.latency = LatencyEstimator()
         self._skip = SkipPolicy()
         self._vision, self._embed, self._decoder = (runners[g] for g in ("vision", "embed", "decoder"))
@@ -83,7 +91,8 @@ class Policy:
     def load(cls, artifact_dir: str | Path, providers: Sequence[str] | str | None = None,
              num_threads: int | None = None, deadline_s: float | None = None, *,
              safe_gripper: float | None = None, warmup: int = 1, cache_dir: str | None = None,
-             text_cache_size: int = 16, unnorm_key: str | None = None, prefix_cache_size: int = 2) -> Policy:
+             text_cache_size: int = 16, unnorm_key: str | None = None, prefix_cache_size: int = 2,
+             loop_escape: LoopEscape | None = None) -> Policy:
         """Verify the artifact (manifest, sizes, sha256 of every file) and only then open it.
 
         providers: backend names, best first ("tensorrt-engine", "TensorrtExecutionProvider",
@@ -99,6 +108,9 @@ class Policy:
         prefix_cache_size: instructions whose text keys/values are kept (instruction-first prompts
             on causal decoders: later frames prefill only the image and what follows); 0 disables.
             Each entry holds layers x 2 x kv_heads x text tokens x head_dim floats.
+        loop_escape: sample the action taken from a state this episode already acted from, instead
+            of repeating a loop (`LoopEscape`, loop_escape.py); None: always greedy. Needs x, y, z
+            end-effector delta dims; `reset()` at the start of every episode.
         """
         if deadline_s is not None and not deadline_s > 0:
             raise ConfigError("deadline_s", f"must be > 0 seconds or None, got {deadline_s!r}")
@@ -108,10 +120,13 @@ class Policy:
         check_text_cache_size(text_cache_size)
         folder = Path(artifact_dir)
         manifest = load_manifest(folder, verify=True)  # before any session reads a byte
-        manifest.action_tokenizer(unnorm_key)  # an unknown dataset is refused before any session
+        tokenizer = manifest.action_tokenizer(unnorm_key)  # an unknown dataset is refused before any session
+        if loop_escape is not None:  # and an action space loop escape cannot track
+            LoopMonitor(_loop_escape(loop_escape), tokenizer)
         runners, provider = open_graphs(folder, manifest, providers,
                                         BackendOptions(num_threads=num_threads, cache_dir=cache_dir))
-        policy = cls(folder, manifest, runners, provider, deadline_s, safe_gripper, text_cache_size, unnorm_key)
+        policy = cls(folder, manifest, runners, provider, deadline_s, safe_gripper, text_cache_size, unnorm_key,
+                     loop_escape=loop_escape)
         policy.verify_prefix_cache(prefix_cache_size)
         if policy.guard.zero_outside_bounds:
             log.warning("rt2edge runtime: dims %s cannot be 0 within their bounds; the safe action "
@@ -124,6 +139,7 @@ class Policy:
         size = self.preprocessing.size
         blank = np.full((size, size, 3), 127, np.uint8)
         deadline, self.deadline_s = self.deadline_s, None
+        loop, self.loop = self.loop, None  # blank frames are not an episode
         try:
             for _ in range(runs):
                 self.latency.reset()  # keep only the last (warm) run's samples
@@ -133,7 +149,8 @@ class Policy:
                 self._warm_act(blank)
         finally:
             self.deadline_s = deadline
-            self.guard.reset()
+            self.loop = loop
+            self.reset()
             self._text.pop(WARM_UP_TEXT)
             self._prefix.pop(WARM_UP_TEXT)
 
@@ -183,9 +200,12 @@ class Policy:
         else:
             log.info("rt2edge runtime: prefix cache on (%d instructions)", size)
 
-    def reset(self, gripper: float | None = None) -> None:
-        """Start of an episode: forget the last commanded gripper value (or set the current one)."""
+    def reset(self, gripper: float | None = None, seed: int | None = None) -> None:
+        """Start of an episode: forget the last commanded gripper value (or set the current one)
+        and, with loop escape, the poses acted from; `seed` reseeds its sampling for this episode."""
         self.guard.reset(gripper)
+        if self.loop is not None:
+            self.loop.reset(gripper, seed)
 
     # ----------------------------------------------------------------------------- acting
     def act(self, image: Any, instruction: Any) -> Action:
@@ -210,6 +230,7 @@ class Policy:
             return self._fallback(f"deadline {self.deadline_s * 1e3:.2f} ms: predicted latency "
                                   f"{predicted * 1e3:.2f} ms, not started", timing)
         deadline = Deadline(self.deadline_s, self.latency, start, probe)
+        self._sampling = self._returning()
         try:
             action = self._infer(batch, text, deadline, timing, start)
         except InputError:
@@ -226,7 +247,25 @@ class Policy:
             return self._fallback(f"deadline {self.deadline_s * 1e3:.2f} ms: the action took "
                                   f"{action.timing['total'] * 1e3:.2f} ms", dict(action.timing))
         self.guard.commit(action.values)
+        if self.loop is not None:  # only actions handed to the robot move the commanded pose
+            try:
+                self.loop.record(action.values)
+                self.loop.escapes += self._sampling
+            except Exception:  # noqa: BLE001  (bookkeeping must not cost the robot its action)
+                log.exception("rt2edge runtime: loop escape bookkeeping failed; loop escape off")
+                self.loop = None
         return action
+
+    def _returning(self) -> bool:
+        """Whether this act starts from a state the episode acted from (loop escape on)."""
+        if self.loop is None:
+            return False
+        try:
+            return self.loop.returning()
+        except Exception:  # noqa: BLE001  (greedy is always a safe answer)
+            log.exception("rt2edge runtime: loop escape check failed; loop escape off")
+            self.loop = None
+            return False
 
     def _stages(self, after: str | None = None, decode_done: int = 0, cached: bool = False) -> list[str]:
         """The latency-estimator keys of what is left of an act. A prefill from cached text KV runs
@@ -270,7 +309,7 @@ class Policy:
         # (PaliGemma), 0 for causal ones; the same value on every decoder run of one action.
         prefix = np.array([length if self.manifest.model.prefix_lm else 0], np.int64)
         outs = self._prefill(text, before, image_embeds, after, prefix)
-        bins = [self._pick(outs)]
+        bins = [self._pick(outs, 0)]
         t = self._timed("prefill", timing, t, PREFILL_CACHED if cached and self._prefix_hit(text) else None)
 
         steps: list[float] = []
@@ -280,7 +319,7 @@ class Policy:
             feeds.update(inputs_embeds=self._bin_embeds[bins[-1]], prefix_length=prefix,
                          past_length=np.array([length + step - 1], np.int64))
             outs = self._decoder.run(feeds, self._outputs)
-            bins.append(self._pick(outs))
+            bins.append(self._pick(outs, step))
             now = time.perf_counter()
             steps.append(now - t)
             self.latency.record(DECODE_STEP, now - t)
@@ -317,13 +356,16 @@ class Policy:
         timing["total"] = t - start
         return Action(values=values, terminate=terminate, bins=bins_arr,
                       tokens=self.action_tokenizer.token_ids[bins_arr], timing=timing,
-                      decode_steps=tuple(steps))
+                      decode_steps=tuple(steps), loop_escape=self._sampling)
 
-    def _pick(self, outs: list[np.ndarray]) -> int:
+    def _pick(self, outs: list[np.ndarray], token: int) -> int:
+        """The bin of action token `token` (the graph's argmax, or drawn by loop escape)."""
         logits, chosen = outs[0], outs[1]
         # A NaN/inf logit means a broken graph or numerics (fp16 overflow): never act on it.
         if not np.isfinite(logits).all():
             raise FloatingPointError("decoder produced non-finite action logits")
+        if self._sampling and token < self.loop.sampled_tokens:  # the next decode step is fed this bin
+            chosen = self.loop.sample(np.asarray(logits).reshape(-1, self.action_tokenizer.n_bins)[:1])
         b = int(np.asarray(chosen).reshape(-1)[0])
         if not 0 <= b < self.action_tokenizer.n_bins:
             raise IndexError(f"decoder chose bin {b}, outside [0, {self.action_tokenizer.n_bins})")
@@ -334,6 +376,10 @@ class Policy:
         logits, chosen = outs[0], np.asarray(outs[1]).reshape(-1)
         if not np.isfinite(logits).all():
             raise FloatingPointError("decoder produced non-finite action logits")
+        if self._sampling:
+            n = self.loop.sampled_tokens
+            chosen = chosen.copy()
+            chosen[:n] = self.loop.sample(np.asarray(logits).reshape(-1, self.action_tokenizer.n_bins)[:n])
         n_bins, steps = self.action_tokenizer.n_bins, self.action_tokenizer.tokens_per_action
         if chosen.shape != (steps,) or chosen.min() < 0 or chosen.max() >= n_bins:
             raise IndexError(f"decoder chose bins {chosen.tolist()}, expected {steps} in [0, {n_bins})")
@@ -358,3 +404,9 @@ class Policy:
         if batch.shape[0] != 1:
             raise InputError("image", f"act() takes one image, got a batch of {batch.shape[0]}")
         return batch
+
+
+def _loop_escape(config: object) -> LoopEscape:
+    if not isinstance(config, LoopEscape):
+        raise ConfigError("loop_escape", f"must be a LoopEscape or None, got {type(config).__name__}")
+    return config

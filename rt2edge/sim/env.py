@@ -131,6 +131,12 @@ class TabletopEnv(gym.Env):
             raise RuntimeError("call reset() before expert_action()")
         return expert_action(self.scene, self.task, self.max_step)
 
+    def state_key(self) -> bytes:
+        """The scene's state within the episode (Scene.state_key): equal keys, equal images."""
+        if self.scene is None:
+            raise RuntimeError("call reset() before state_key()")
+        return self.scene.state_key()
+
     def is_success(self) -> bool:
         return self.scene is not None and is_success(self.scene, self.task)
 

@@ -137,6 +137,16 @@ class Scene:
         return np.array([*self.ee, float(self.gripper_closed), float(self.held is not None)],
                         dtype=np.float32)
 
+    def state_key(self) -> bytes:
+        """Everything that changes within an episode (gripper pose and state, what it holds, every
+        object's position and support), rounded to 1 um: equal keys render the same image, so a
+        policy of the image alone that meets a key twice in an episode is in a loop."""
+        values = [*self.ee, float(self.gripper_closed), -1.0 if self.held is None else float(self.held),
+                  self.grasp_offset]
+        for o in self.objects:
+            values += [o.x, o.y, o.z, -1.0 if o.on is None else float(o.on)]
+        return np.round(np.asarray(values, np.float64), 6).tobytes()
+
     def mat(self, colour: str) -> Mat:
         return next(m for m in self.mats if m.colour == colour)
 
