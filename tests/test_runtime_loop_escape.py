@@ -199,3 +199,17 @@ def test_eval_reports_the_escapes_and_refuses_a_checkpoint(tiny_llava_artifact, 
     for options in (["--loop-escape", "0"], ["--loop-escape", "1", "--expert-agreement", "2"]):
         bad = CliRunner().invoke(app, ["eval", str(tiny_llava_artifact), *options])
         assert bad.exit_code == 2 and "--loop-escape" in bad.output, bad.output
+
+
+def test_a_parallel_decoder_samples_every_token_but_terminate(root):
+    policy = Policy.load(root, num_threads=1, loop_escape=LoopEscape(temperature=1e3))
+    tok = policy.action_tokenizer
+    steps = tok.tokens_per_action
+    logits = np.random.default_rng(0).standard_normal((1, steps, tok.n_bins)).astype(np.float32)
+    greedy = logits.argmax(-1)
+    policy._sampling = False
+    assert np.array_equal(policy._pick_all([logits, greedy]), greedy[0])
+    policy._sampling = True
+    drawn = policy._pick_all([logits, greedy])
+    assert drawn.shape == (steps,) and drawn[-1] == greedy[0, -1]  # terminate: the argmax
+    assert not np.array_equal(drawn[:-1], greedy[0, :-1])  # near-uniform draws: p ~ 256^-7 to match
