@@ -68,9 +68,7 @@ class DaggerConfig:
     loop_escape: float | None = None
 
     def escape(self) -> Any:
-        """The runtime's LoopEscape for `loop_escape`, None when off."""
-        if self.loop_escape is None:
-            return None
+        """The runtime's LoopEscape for `loop_escape` (set)."""
         from rt2edge.runtime.loop_escape import LoopEscape
 
         return LoopEscape(temperature=self.loop_escape)
