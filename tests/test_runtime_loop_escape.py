@@ -95,7 +95,7 @@ def test_the_runtime_samples_only_actions_from_a_revisited_state(root):
     # the first, two share a gripper state (pigeonhole), so every run below escapes at least once.
     cold = Policy.load(root, num_threads=1, loop_escape=LoopEscape(temperature=1e-4, tolerance=1.0))
     hot = Policy.load(root, num_threads=1, loop_escape=LoopEscape(temperature=1e3, tolerance=1.0))
-    assert cold.loop.escapes == 0 and not cold.loop._states  # warm-up acts are not an episode
+    assert cold.loop.escapes == 0 and len(cold.loop._states) == 0  # warm-up acts are not an episode
     frames = [image(s) for s in range(6)]
     expected = [greedy.act(f, "pick up the red block") for f in frames]
     runs = {}
@@ -157,7 +157,7 @@ def test_a_safe_fallback_is_not_a_visited_state(root):
     policy._decoder.run = lambda feeds, outputs: (_ for _ in ()).throw(RuntimeError("decoder down"))
     failed = policy.act(image(0), "pick up the red block")  # failed inside the inference
     assert failed.safe_fallback and "decoder down" in failed.reason
-    assert not policy.loop._states and policy.loop.escapes == 0
+    assert len(policy.loop._states) == 0 and policy.loop.escapes == 0
     policy._decoder.run = run
     first = policy.act(image(0), "pick up the red block")
     assert not first.loop_escape and len(policy.loop._states) == 1

@@ -63,18 +63,28 @@ class LoopEscape:
             raise ConfigError("loop_escape.seed", f"must be an int >= 0, got {self.seed!r}")
 
 
+def translation_indices(tokenizer: ActionTokenizer) -> list[int]:
+    """The action dims of x, y, z; ConfigError for an action space loop escape cannot track."""
+    names = list(tokenizer.dim_names)
+    missing = [d for d in TRANSLATION_DIMS if d not in names]
+    if missing:
+        raise ConfigError("loop_escape", f"needs end-effector delta dims named {list(TRANSLATION_DIMS)}; "
+                                         f"this artifact's action dims are {names}")
+    return [names.index(d) for d in TRANSLATION_DIMS]
+
+
+# Gripper state codes of the states acted from: an int8 array compares in one vectorised step.
+UNKNOWN, OPEN, CLOSED = -1, 0, 1
+
+
 class LoopMonitor:
     """The commanded pose and gripper state of one episode, and the states acted from."""
 
     def __init__(self, config: LoopEscape, tokenizer: ActionTokenizer):
+        self._translation = translation_indices(tokenizer)
         names = list(tokenizer.dim_names)
-        missing = [d for d in TRANSLATION_DIMS if d not in names]
-        if missing:
-            raise ConfigError("loop_escape", f"needs end-effector delta dims named {list(TRANSLATION_DIMS)}; "
-                                             f"this artifact's action dims are {names}")
         self.config = config
         self.sampled_tokens = tokenizer.num_dims  # motion and gripper; the terminate token stays greedy
-        self._translation = [names.index(d) for d in TRANSLATION_DIMS]
         self._gripper = names.index("gripper") if "gripper" in names else None
         low, high = np.asarray(tokenizer.action_low), np.asarray(tokenizer.action_high)
         # Closed = above the middle of the gripper's range: +-1 (RT-2) and [0, 1] conventions alike.
@@ -87,27 +97,28 @@ class LoopMonitor:
         """Start of an episode: the commanded pose is the origin, nothing acted from yet.
         gripper: its current command, if known. seed: reseed the sampling from (config.seed, seed)."""
         self._pose = np.zeros(len(TRANSLATION_DIMS))
-        self._closed: bool | None = None if gripper is None else self._is_closed(gripper)
+        self._closed = UNKNOWN if gripper is None else self._is_closed(gripper)
         self._poses = np.empty((0, len(TRANSLATION_DIMS)))
-        self._states: list[bool | None] = []  # the gripper state of each row of _poses
+        self._states = np.empty(0, np.int8)  # the gripper state code of each row of _poses
         if seed is not None:
             self._rng = np.random.default_rng([self.config.seed, int(seed)])
 
-    def _is_closed(self, gripper: float) -> bool | None:
-        return None if self._gripper is None else bool(gripper > self._gripper_middle)
+    def _is_closed(self, gripper: float) -> int:
+        if self._gripper is None:
+            return UNKNOWN
+        return CLOSED if gripper > self._gripper_middle else OPEN
 
     def returning(self) -> bool:
         """True when the current state is one an action was already taken from in this episode."""
-        if not self._states:
+        if not len(self._states):
             return False
         near = np.max(np.abs(self._poses - self._pose), axis=1) <= self.config.tolerance
-        same = np.fromiter((c == self._closed for c in self._states), bool, len(self._states))
-        return bool(np.any(near & same))
+        return bool(np.any(near & (self._states == self._closed)))
 
     def record(self, values: np.ndarray) -> None:
         """An action handed to the robot: remember the state it was taken from, then apply it."""
         self._poses = np.vstack([self._poses[-(MAX_STATES - 1):], self._pose])
-        self._states = [*self._states[-(MAX_STATES - 1):], self._closed]
+        self._states = np.append(self._states[-(MAX_STATES - 1):], np.int8(self._closed))
         values = np.asarray(values, np.float64)
         self._pose = self._pose + values[self._translation]
         if self._gripper is not None:

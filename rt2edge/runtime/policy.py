@@ -30,7 +30,7 @@ from rt2edge.runtime import engine as _engine  # noqa: F401  (registers the tens
 from rt2edge.runtime.action import Action, ActionGuard
 from rt2edge.runtime.backends import BackendOptions, open_graphs
 from rt2edge.runtime.latency import Deadline, DeadlineExceeded, LatencyEstimator, SkipPolicy
-from rt2edge.runtime.loop_escape import LoopEscape, LoopMonitor
+from rt2edge.runtime.loop_escape import LoopEscape, LoopMonitor, translation_indices
 from rt2edge.runtime.prefix_cache import (PrefixKVCache, check_prefix_cache_size, outputs_match,
                                           prefix_cache_refusal)
 from rt2edge.runtime.prompt_text import PromptText, check_text_cache_size
@@ -122,7 +122,8 @@ class Policy:
         manifest = load_manifest(folder, verify=True)  # before any session reads a byte
         tokenizer = manifest.action_tokenizer(unnorm_key)  # an unknown dataset is refused before any session
         if loop_escape is not None:  # and an action space loop escape cannot track
-            LoopMonitor(_loop_escape(loop_escape), tokenizer)
+            _loop_escape(loop_escape)
+            translation_indices(tokenizer)
         runners, provider = open_graphs(folder, manifest, providers,
                                         BackendOptions(num_threads=num_threads, cache_dir=cache_dir))
         policy = cls(folder, manifest, runners, provider, deadline_s, safe_gripper, text_cache_size, unnorm_key,
