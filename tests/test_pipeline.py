@@ -124,3 +124,27 @@ def test_changed_section_reruns_from_its_stage(tiny: tuple[Path, Path, str], tmp
     report = json.loads((root / "bench" / "bench.json").read_text())
     assert report["config"]["steps"] == 4
     assert json.loads((root / "bench" / DONE_FILE).read_text())["how"] == "redo"
+
+
+def test_a_trained_teacher_without_students_is_itself_deployed(tmp_path: Path) -> None:
+    """`student.students = []` with `teacher.path`: nothing is trained or distilled; the shipped
+    policy is exported, quantized and benched, fidelity measured against its own fp32 artifact."""
+    policy = Path(__file__).resolve().parents[1] / "policies" / "tabletop-six-family"
+    recipe = tmp_path / "deploy.toml"
+    recipe.write_text(textwrap.dedent(TINY).replace('preset = "student-s"', f'path = "{policy}"')
+                      .replace('students = ["student-s"]', "students = []")
+                      .replace('methods = ["int8-dynamic", "int4-matmulnbits"]',
+                               'methods = ["int8-qdq"]\nkeep_sensitive = 1'))
+    root = tmp_path / "run"
+    result = run_pipeline(load_recipe(recipe), root)
+    assert result.ran == list(STAGES)
+    outputs = {s: json.loads((root / s / DONE_FILE).read_text())["outputs"] for s in STAGES}
+    assert outputs["data"]["dataset"] is None and outputs["cache"]["cache"] is None
+    assert outputs["student"]["students"] == {} and not (root / "cache" / "cache").exists()
+    assert outputs["teacher"] == {"checkpoint": str(policy), "trained": False}
+    quantized = json.loads((root / "quantize" / "teacher-int8-qdq" / "quantize_report.json").read_text())
+    assert len(quantized["details"]["kept_sensitive_layers"]) == 1
+    rows = summary_rows(read_report(root / "bench" / "bench.json"))
+    assert [r["variant"] for r in rows] == ["tabletop-six-family/hf-generate", "teacher-fp32/runtime",
+                                            "teacher-int8-qdq/runtime"]
+    assert next(r for r in rows if r["variant"] == "teacher-fp32/runtime")["token agr."] == "100.0%"

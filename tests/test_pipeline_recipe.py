@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from rt2edge.cli import app
 from rt2edge.errors import ConfigError
+from rt2edge.pipeline.checks import check_names
 from rt2edge.pipeline.recipe import FAST_OVERRIDES, STAGES, default_recipe, load_recipe, recipe_from_dict
 from rt2edge.pipeline.runner import DONE_FILE, STARTED_FILE, PipelineInterrupted, run_pipeline
 
@@ -61,6 +62,19 @@ def test_bad_recipe_names_the_field(tmp_path: Path, text: str, field: str) -> No
     with pytest.raises(ConfigError) as info:
         load_recipe(write(tmp_path, text))
     assert info.value.field == field
+
+
+def test_the_shipped_policys_deploy_recipe_deploys_it_without_students(monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # its teacher.path is relative to the repository root
+    recipe = load_recipe(repo / "policies" / "deploy-six-family.toml")
+    assert recipe.student.students == [] and Path(recipe.teacher.path).is_dir()
+    assert recipe.quantize.keep_sensitive == 2
+    check_names(recipe)
+    monkeypatch.chdir(repo / "policies")
+    with pytest.raises(ConfigError, match="teacher.path"):
+        load_recipe(repo / "policies" / "deploy-six-family.toml")
+
 
 
 def test_missing_recipe_file(tmp_path: Path) -> None:

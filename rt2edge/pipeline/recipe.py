@@ -63,7 +63,8 @@ class CacheSection:
 
 @dataclass(frozen=True)
 class StudentSection:
-    students: list[str] = field(default_factory=lambda: ["student-s"])  # presets or checkpoint folders
+    # presets or checkpoint folders; []: no distillation, the teacher itself is deployed
+    students: list[str] = field(default_factory=lambda: ["student-s"])
     steps: int = field(default=200, metadata=_num(1))
     batch_size: int = field(default=16, metadata=_num(1))
     lr: float = field(default=1e-3, metadata=_num(0.0, open_low=True))
@@ -86,6 +87,7 @@ class ExportSection:
 @dataclass(frozen=True)
 class QuantizeSection:
     methods: list[str] = field(default_factory=lambda: ["int8-dynamic", "int4-matmulnbits"])
+    keep_sensitive: int = field(default=0, metadata=_num(0))  # ONNX methods: most sensitive layers kept fp32
     calibration_frames: int = field(default=16, metadata=_num(1))
     holdout_frames: int = field(default=32, metadata=_num(1))
     seed: int = field(default=0, metadata=_num(0))
@@ -226,8 +228,9 @@ def _check_choices(sections: Mapping[str, Any]) -> None:
         raise ConfigError("teacher.preset", "set a preset to train, or `path` to an existing teacher")
     if teacher.path and not Path(teacher.path).is_dir():
         raise ConfigError("teacher.path", f"teacher checkpoint {teacher.path!r} does not exist")
-    if not student.students:
-        raise ConfigError("student.students", "name at least one student (a preset or a checkpoint)")
+    if not student.students and not teacher.path:
+        raise ConfigError("student.students", "name at least one student (a preset or a checkpoint); "
+                                              "[] deploys the teacher itself and needs `teacher.path`")
     if len(set(student.students)) != len(student.students):
         raise ConfigError("student.students", f"a student is listed twice: {student.students}")
     if student.loss not in ("kl", "rkl", "jsd"):

@@ -8,9 +8,11 @@ Folder layout under the run folder (what each stage returns as outputs, relative
     cache/cache                          teacher's action-bin distributions (distill.cache)
     student/<name>                       distilled student checkpoints (distill.kd)
     export/<model>-fp32                  deploy artifacts of the teacher and the students (export)
-    quantize/<student>-<method>          quantized student artifacts (quantize)
-    bench/bench.json|.md|.html           the report (bench), fidelity vs the first fp32 student
-Distinct folder names matter: bench labels a variant by its folder name.
+    quantize/<model>-<method>            quantized artifacts of the deployed models (quantize)
+    bench/bench.json|.md|.html           the report (bench), fidelity vs the first deployed fp32 model
+The deployed models are the students; with `student.students = []` (a trained teacher of the
+user's own, `teacher.path`) the teacher itself is deployed and the data, cache and student
+stages have nothing to do. Distinct folder names matter: bench labels a variant by its folder name.
 """
 
 from __future__ import annotations
@@ -55,10 +57,26 @@ def _training_done(result: Any, stage: str, out: Path) -> dict[str, Any]:
     return {"steps": result.step, "final_loss": loss}
 
 
+def distils(recipe: Recipe) -> bool:
+    """Whether the recipe distils students (False: the teacher itself is deployed)."""
+    return bool(recipe.student.students)
+
+
+def deployed(ctx: StageContext) -> dict[str, str]:
+    """The models that are exported, quantized and benched, name -> checkpoint path as the stage
+    outputs hold it (relative to the run folder, or absolute for a teacher of the user's own)."""
+    students = ctx.outputs["student"]["students"]
+    if students:
+        return {name: info["checkpoint"] for name, info in students.items()}
+    return {"teacher": ctx.outputs["teacher"]["checkpoint"]}
+
+
 def data(ctx: StageContext) -> dict[str, Any]:
     from rt2edge.data.generate import GenerateConfig, generate
 
     s = ctx.recipe.data
+    if ctx.recipe.teacher.path and not distils(ctx.recipe):  # nothing is trained: no dataset is read
+        return {"dataset": None, "skipped": "nothing to train"}
     out = ctx.dir("data") / "dataset"
     cfg = GenerateConfig(out=str(out), episodes=s.episodes, seed=s.seed, image_size=s.image_size,
                          families=tuple(s.families) or None, object_counts=tuple(s.object_counts),
@@ -87,6 +105,8 @@ def cache(ctx: StageContext) -> dict[str, Any]:
     from distill.cache import CacheConfig, run
 
     s = ctx.recipe.cache
+    if not distils(ctx.recipe):
+        return {"cache": None, "skipped": "no students to distil"}
     _threads(ctx.recipe)
     out = ctx.dir("cache") / "cache"
     result = run(CacheConfig(teacher=str(ctx.path("teacher", "checkpoint")), data=str(ctx.path("data", "dataset")),
@@ -121,9 +141,9 @@ def export(ctx: StageContext) -> dict[str, Any]:
 
     s = ctx.recipe.export
     _threads(ctx.recipe)
-    models = {name: ctx.root / info["checkpoint"] for name, info in ctx.outputs["student"]["students"].items()}
-    if s.teacher:
-        models = {"teacher": Path(ctx.root / ctx.outputs["teacher"]["checkpoint"]), **models}
+    models = {name: ctx.root / checkpoint for name, checkpoint in deployed(ctx).items()}
+    if s.teacher and "teacher" not in models:
+        models = {"teacher": ctx.root / ctx.outputs["teacher"]["checkpoint"], **models}
     artifacts: dict[str, str] = {}
     for i, (name, checkpoint) in enumerate(models.items(), start=1):
         out = ctx.dir("export") / f"{name}-{s.precision}"
@@ -140,20 +160,23 @@ def quantize(ctx: StageContext) -> dict[str, Any]:
     from quantize.registry import get_method
 
     s = ctx.recipe.quantize
-    students = ctx.outputs["student"]["students"]
+    models = deployed(ctx)
     artifacts = ctx.outputs["export"]["artifacts"]
-    jobs = [(name, method) for name in students for method in s.methods]
+    jobs = [(name, method) for name in models for method in s.methods]
     variants: dict[str, dict[str, str]] = {}
     for i, (name, method) in enumerate(jobs, start=1):
         out = ctx.dir("quantize") / f"{name}-{method}"
         ctx.status(f"{method} on {name} ({i}/{len(jobs)})")
-        # ONNX methods quantize the exported artifact, bitsandbytes ones the torch checkpoint.
-        source = artifacts[name] if get_method(method).source == "artifact" else students[name]["checkpoint"]
+        # ONNX methods quantize the exported artifact, bitsandbytes ones the torch checkpoint
+        # (the sensitivity pass that keeps layers in fp32 is the ONNX methods' own).
+        onnx = get_method(method).source == "artifact"
+        source = artifacts[name] if onnx else models[name]
         if not (out / QUANTIZE_MARKER).is_file():
             run(QuantizeConfig(source=ctx.root / source, out=out, method=method,
+                               keep_sensitive=s.keep_sensitive if onnx else 0,
                                calibration_frames=s.calibration_frames, holdout_frames=s.holdout_frames,
                                seed=s.seed, threads=ctx.recipe.threads))
-        variants[f"{name}-{method}"] = {"path": ctx.rel(out), "student": name, "method": method}
+        variants[f"{name}-{method}"] = {"path": ctx.rel(out), "model": name, "method": method}
     return {"variants": variants}
 
 
@@ -161,13 +184,13 @@ def bench(ctx: StageContext) -> dict[str, Any]:
     from bench import BenchConfig, run
 
     s = ctx.recipe.bench
-    students = ctx.outputs["student"]["students"]
+    models = deployed(ctx)
     artifacts = ctx.outputs["export"]["artifacts"]
-    sources = [ctx.root / info["checkpoint"] for info in students.values()] if s.checkpoint_backends else []
+    sources = [ctx.root / checkpoint for checkpoint in models.values()] if s.checkpoint_backends else []
     sources += [ctx.root / rel for rel in artifacts.values()]
     sources += [ctx.root / v["path"] for v in ctx.outputs["quantize"]["variants"].values()]
-    # Fidelity is measured against the first student's fp32 artifact: what quantization must keep.
-    reference = ctx.root / artifacts[next(iter(students))]
+    # Fidelity is measured against the first deployed model's fp32 artifact: what quantization must keep.
+    reference = ctx.root / artifacts[next(iter(models))]
     ctx.status(f"{len(sources)} sources, {s.steps} steps each" + (f", {s.episodes} episodes per split"
                                                                   if s.episodes else ""))
     cfg = BenchConfig(sources=sources, out=ctx.dir("bench"), backends=s.checkpoint_backends or ["eager"],
