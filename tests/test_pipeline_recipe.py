@@ -90,6 +90,7 @@ def test_yaml_recipe_equals_toml(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("stage, values, field", [
     ("quantize", {"methods": ["int3-magic"]}, "quantize.methods"),
+    ("quantize", {"methods": ["bnb-nf4"], "keep_sensitive": 2}, "quantize.keep_sensitive"),  # ONNX methods' pass
     ("teacher", {"preset": "giant"}, "teacher.preset"),
     ("student", {"students": ["student-xl"]}, "student.students"),
     ("student", {"students": ["teacher"]}, "student.students"),  # would clash with the teacher's artifact
@@ -229,3 +230,25 @@ def test_runner_until_stops_after_the_stage(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         run_pipeline(recipe(), tmp_path, stages=stages, until="deploy")
     assert info.value.field == "until"
+
+
+def test_runner_skips_what_deploying_a_trained_teacher_does_not_need(tmp_path: Path) -> None:
+    from rt2edge.pipeline.stages import skip_reason
+
+    teacher = tmp_path / "my-teacher"
+    teacher.mkdir()
+    root = tmp_path / "run"
+    deploy = recipe(teacher={"path": str(teacher)}, student={"students": []})
+    stages = Stages()
+    run_pipeline(deploy, root, stages=stages, skip=skip_reason)
+    assert stages.calls == ["teacher", "export", "quantize", "bench"]
+    for stage in ("data", "cache", "student"):
+        assert json.loads((root / stage / DONE_FILE).read_text())["outputs"] == {"skipped": skip_reason(stage, deploy)}
+    # settings of the skipped stages are unused: changing them re-runs nothing
+    stages.calls.clear()
+    unused = deploy.with_overrides({"data": {"episodes": 7}, "cache": {"top_k": 8}, "student": {"steps": 9}})
+    assert run_pipeline(unused, root, stages=stages, skip=skip_reason).ran == [] and stages.calls == []
+    # naming a student turns the skips off: the dataset, the cache and the student are made
+    run_pipeline(unused.with_overrides({"student": {"students": ["student-s"]}}), root, stages=stages,
+                 skip=skip_reason)
+    assert stages.calls == list(STAGES)

@@ -63,6 +63,11 @@ class RichProgress:
 
     def stage_finished(self, index: int, total: int, stage: str, record: Mapping[str, Any]) -> None:
         self._stop()
+        skipped = record["outputs"].get("skipped")
+        if skipped:
+            self.console.print(f"[dim]not needed [{index}/{total}] {stage:<9} ({skipped})[/dim]")
+            self.rows.append((stage, "not needed", "-"))
+            return
         self.console.print(f"[green]done[/green] [{index}/{total}] {stage:<9} in {_duration(record['wall_s'])}")
         self.rows.append((stage, "resumed" if record["how"] == "resume" else "ran", _duration(record["wall_s"])))
 

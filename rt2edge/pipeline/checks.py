@@ -34,12 +34,15 @@ def check_names(recipe: Recipe) -> None:
         raise ConfigError("student.students", f"student folder names must be distinct and not 'teacher', "
                                               f"got {names}")
 
-    from quantize.registry import known_methods
+    from quantize.registry import get_method, known_methods
 
     methods = known_methods()
     unknown = [m for m in recipe.quantize.methods if m not in methods]
     if unknown:
         raise ConfigError("quantize.methods", f"unknown methods {unknown}; known: {methods}")
+    if recipe.quantize.keep_sensitive and not any(get_method(m).source == "artifact" for m in recipe.quantize.methods):
+        raise ConfigError("quantize.keep_sensitive", "the per-layer sensitivity pass is for the ONNX methods; "
+                                                     f"{recipe.quantize.methods} are all bitsandbytes ones")
 
     if recipe.bench.devices:
         from bench.devices import load_devices

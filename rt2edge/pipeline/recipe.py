@@ -81,7 +81,7 @@ class ExportSection:
     target: str = "onnxruntime"  # fused decoder (ONNX Runtime ops); "onnx" plain, "tensorrt"
     precision: str = "fp32"
     validate_frames: int = field(default=4, metadata=_num(1))
-    teacher: bool = True  # also export (and bench) the teacher
+    teacher: bool = True  # also export (and bench) the teacher; always, when it is the deployed model
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,11 @@ class PipelineResult:
 
 
 def fingerprint(stage: str, recipe: Recipe, upstream_run_id: str | None,
-                extra: Mapping[str, Any] | None = None) -> str:
-    blob = {"format": FORMAT_VERSION, "stage": stage, "section": recipe.section_dict(stage),
+                extra: Mapping[str, Any] | None = None, skipped: str | None = None) -> str:
+    """A skipped stage hashes its reason instead of its section: settings it does not use cannot
+    re-run it (and everything after it), and turning the skip off changes the fingerprint."""
+    section = {"skipped": skipped} if skipped else recipe.section_dict(stage)
+    blob = {"format": FORMAT_VERSION, "stage": stage, "section": section,
             "upstream": upstream_run_id, "extra": dict(extra or {})}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
@@ -170,15 +173,18 @@ class _SigtermAsInterrupt:
 
 def run_pipeline(recipe: Recipe, root: str | Path, stages: Mapping[str, StageFn] | None = None,
                  listener: Listener | None = None, until: str | None = None,
-                 extra_inputs: Callable[[str, Recipe], Mapping[str, Any]] | None = None) -> PipelineResult:
+                 extra_inputs: Callable[[str, Recipe], Mapping[str, Any]] | None = None,
+                 skip: Callable[[str, Recipe], str | None] | None = None) -> PipelineResult:
     """Run (or finish) the pipeline of `recipe` in `root`. `stages` defaults to the real stage
-    functions (rt2edge.pipeline.stages); `until` stops after that stage."""
+    functions (rt2edge.pipeline.stages); `until` stops after that stage. `skip(stage, recipe)`
+    names why the recipe does not need a stage (None: it runs); a skipped stage's outputs are
+    {"skipped": reason}."""
     if stages is None:
         from rt2edge.pipeline.checks import check_names
-        from rt2edge.pipeline.stages import STAGE_FUNCTIONS, extra_inputs as default_extra
+        from rt2edge.pipeline.stages import STAGE_FUNCTIONS, extra_inputs as default_extra, skip_reason
 
         check_names(recipe)  # a typo in a later section fails now, not after the teacher trained
-        stages, extra_inputs = STAGE_FUNCTIONS, extra_inputs or default_extra
+        stages, extra_inputs, skip = STAGE_FUNCTIONS, extra_inputs or default_extra, skip or skip_reason
     order: Sequence[str] = [s for s in STAGES if s in stages]
     if until is not None:
         if until not in order:
@@ -191,7 +197,9 @@ def run_pipeline(recipe: Recipe, root: str | Path, stages: Mapping[str, StageFn]
     upstream: str | None = None
     with _SigtermAsInterrupt():
         for index, stage in enumerate(order, start=1):
-            fp = fingerprint(stage, recipe, upstream, extra_inputs(stage, recipe) if extra_inputs else None)
+            reason = skip(stage, recipe) if skip else None
+            fp = fingerprint(stage, recipe, upstream, None if reason or not extra_inputs
+                             else extra_inputs(stage, recipe), skipped=reason)
             folder = root / stage
             done = read_json(folder / DONE_FILE)
             if done is not None and done.get("fingerprint") == fp:
@@ -199,8 +207,8 @@ def run_pipeline(recipe: Recipe, root: str | Path, stages: Mapping[str, StageFn]
                 result.records[stage], upstream = done, done["run_id"]
                 result.skipped.append(stage)
                 continue
-            record = _run_stage(stage, stages[stage], recipe, root, fp, upstream, result, listener,
-                                index, len(order), done)
+            fn = stages[stage] if reason is None else (lambda ctx, reason=reason: {"skipped": reason})
+            record = _run_stage(stage, fn, recipe, root, fp, upstream, result, listener, index, len(order), done)
             result.records[stage], upstream = record, record["run_id"]
             result.ran.append(stage)
     return result

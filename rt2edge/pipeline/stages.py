@@ -11,8 +11,8 @@ Folder layout under the run folder (what each stage returns as outputs, relative
     quantize/<model>-<method>            quantized artifacts of the deployed models (quantize)
     bench/bench.json|.md|.html           the report (bench), fidelity vs the first deployed fp32 model
 The deployed models are the students; with `student.students = []` (a trained teacher of the
-user's own, `teacher.path`) the teacher itself is deployed and the data, cache and student
-stages have nothing to do. Distinct folder names matter: bench labels a variant by its folder name.
+user's own, `teacher.path`) the teacher itself is deployed and the runner skips the data, cache
+and student stages (skip_reason). Distinct folder names matter: bench labels a variant by its folder name.
 """
 
 from __future__ import annotations
@@ -57,15 +57,20 @@ def _training_done(result: Any, stage: str, out: Path) -> dict[str, Any]:
     return {"steps": result.step, "final_loss": loss}
 
 
-def distils(recipe: Recipe) -> bool:
-    """Whether the recipe distils students (False: the teacher itself is deployed)."""
-    return bool(recipe.student.students)
+def skip_reason(stage: str, recipe: Recipe) -> str | None:
+    """Why `recipe` does not need `stage` (the runner skips it), or None."""
+    distils = bool(recipe.student.students)
+    if stage == "data" and recipe.teacher.path and not distils:
+        return "nothing is trained: the teacher is the user's own and no student is distilled"
+    if stage in ("cache", "student") and not distils:
+        return "no students to distil: the teacher itself is deployed"
+    return None
 
 
 def deployed(ctx: StageContext) -> dict[str, str]:
     """The models that are exported, quantized and benched, name -> checkpoint path as the stage
     outputs hold it (relative to the run folder, or absolute for a teacher of the user's own)."""
-    students = ctx.outputs["student"]["students"]
+    students = ctx.outputs["student"].get("students")
     if students:
         return {name: info["checkpoint"] for name, info in students.items()}
     return {"teacher": ctx.outputs["teacher"]["checkpoint"]}
@@ -75,8 +80,6 @@ def data(ctx: StageContext) -> dict[str, Any]:
     from rt2edge.data.generate import GenerateConfig, generate
 
     s = ctx.recipe.data
-    if ctx.recipe.teacher.path and not distils(ctx.recipe):  # nothing is trained: no dataset is read
-        return {"dataset": None, "skipped": "nothing to train"}
     out = ctx.dir("data") / "dataset"
     cfg = GenerateConfig(out=str(out), episodes=s.episodes, seed=s.seed, image_size=s.image_size,
                          families=tuple(s.families) or None, object_counts=tuple(s.object_counts),
@@ -105,8 +108,6 @@ def cache(ctx: StageContext) -> dict[str, Any]:
     from distill.cache import CacheConfig, run
 
     s = ctx.recipe.cache
-    if not distils(ctx.recipe):
-        return {"cache": None, "skipped": "no students to distil"}
     _threads(ctx.recipe)
     out = ctx.dir("cache") / "cache"
     result = run(CacheConfig(teacher=str(ctx.path("teacher", "checkpoint")), data=str(ctx.path("data", "dataset")),
