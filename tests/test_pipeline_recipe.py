@@ -17,7 +17,7 @@ from rt2edge.cli import app
 from rt2edge.errors import ConfigError
 from rt2edge.pipeline.checks import check_names
 from rt2edge.pipeline.recipe import FAST_OVERRIDES, STAGES, default_recipe, load_recipe, recipe_from_dict
-from rt2edge.pipeline.runner import DONE_FILE, STARTED_FILE, PipelineInterrupted, run_pipeline
+from rt2edge.pipeline.runner import DONE_FILE, STARTED_FILE, NullListener, PipelineInterrupted, run_pipeline
 
 
 def write(tmp_path: Path, text: str, name: str = "recipe.toml") -> Path:
@@ -240,8 +240,17 @@ def test_runner_skips_what_deploying_a_trained_teacher_does_not_need(tmp_path: P
     root = tmp_path / "run"
     deploy = recipe(teacher={"path": str(teacher)}, student={"students": []})
     stages = Stages()
-    run_pipeline(deploy, root, stages=stages, skip=skip_reason)
+
+    class Hows(NullListener):
+        seen: dict[str, str] = {}
+
+        def stage_started(self, index, total, stage, how):
+            self.seen[stage] = how
+
+    run_pipeline(deploy, root, stages=stages, skip=skip_reason, listener=Hows())
     assert stages.calls == ["teacher", "export", "quantize", "bench"]
+    assert Hows.seen == {"data": "skip", "teacher": "fresh", "cache": "skip", "student": "skip",
+                         "export": "fresh", "quantize": "fresh", "bench": "fresh"}
     for stage in ("data", "cache", "student"):
         assert json.loads((root / stage / DONE_FILE).read_text())["outputs"] == {"skipped": skip_reason(stage, deploy)}
     # settings of the skipped stages are unused: changing them re-runs nothing

@@ -47,6 +47,8 @@ class RichProgress:
         self.rows.append((stage, "reused", _duration(record["wall_s"])))
 
     def stage_started(self, index: int, total: int, stage: str, how: str) -> None:
+        if how == "skip":  # stage_finished says why it is not needed
+            return
         what = {"fresh": "running", "resume": "resuming", "redo": "re-running (recipe or input changed)"}[how]
         self.console.print(f"[bold][{index}/{total}] {stage:<9}[/bold] {what}")
         if stage not in OWN_PROGRESS:

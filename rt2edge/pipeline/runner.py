@@ -49,6 +49,7 @@ class Listener(Protocol):
     """What the progress display is told. Every method is optional in spirit: see NullListener."""
 
     def stage_skipped(self, index: int, total: int, stage: str, record: Mapping[str, Any]) -> None: ...
+    # how: 'fresh', 'resume', 'redo', or 'skip' (the recipe does not need the stage)
     def stage_started(self, index: int, total: int, stage: str, how: str) -> None: ...
     def stage_status(self, stage: str, text: str) -> None: ...
     def stage_finished(self, index: int, total: int, stage: str, record: Mapping[str, Any]) -> None: ...
@@ -208,7 +209,8 @@ def run_pipeline(recipe: Recipe, root: str | Path, stages: Mapping[str, StageFn]
                 result.skipped.append(stage)
                 continue
             fn = stages[stage] if reason is None else (lambda ctx, reason=reason: {"skipped": reason})
-            record = _run_stage(stage, fn, recipe, root, fp, upstream, result, listener, index, len(order), done)
+            record = _run_stage(stage, fn, recipe, root, fp, upstream, result, listener, index, len(order), done,
+                                skipped=reason is not None)
             result.records[stage], upstream = record, record["run_id"]
             result.ran.append(stage)
     return result
@@ -216,13 +218,13 @@ def run_pipeline(recipe: Recipe, root: str | Path, stages: Mapping[str, StageFn]
 
 def _run_stage(stage: str, fn: StageFn, recipe: Recipe, root: Path, fp: str, upstream: str | None,
                result: PipelineResult, listener: Listener, index: int, total: int,
-               done: dict[str, Any] | None) -> dict[str, Any]:
+               done: dict[str, Any] | None, skipped: bool = False) -> dict[str, Any]:
     folder = root / stage
     how = _prepare_dir(folder, fp, done)
     folder.mkdir(parents=True, exist_ok=True)
     started_at = _now()
     atomic_write_json(folder / STARTED_FILE, {"stage": stage, "fingerprint": fp, "started": started_at})
-    listener.stage_started(index, total, stage, how)
+    listener.stage_started(index, total, stage, "skip" if skipped else how)  # the record keeps `how`
     ctx = StageContext(root=root, recipe=recipe,
                        outputs={s: r["outputs"] for s, r in result.records.items()},
                        status=lambda text: listener.stage_status(stage, text))
