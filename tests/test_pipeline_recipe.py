@@ -76,7 +76,6 @@ def test_the_shipped_policys_deploy_recipe_deploys_it_without_students(monkeypat
         load_recipe(repo / "policies" / "deploy-six-family.toml")
 
 
-
 def test_missing_recipe_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such recipe file"):
         load_recipe(tmp_path / "nope.toml")

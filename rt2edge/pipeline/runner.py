@@ -208,9 +208,8 @@ def run_pipeline(recipe: Recipe, root: str | Path, stages: Mapping[str, StageFn]
                 result.records[stage], upstream = done, done["run_id"]
                 result.skipped.append(stage)
                 continue
-            fn = stages[stage] if reason is None else (lambda ctx, reason=reason: {"skipped": reason})
-            record = _run_stage(stage, fn, recipe, root, fp, upstream, result, listener, index, len(order), done,
-                                skipped=reason is not None)
+            record = _run_stage(stage, stages[stage], recipe, root, fp, upstream, result, listener, index,
+                                len(order), done, reason)
             result.records[stage], upstream = record, record["run_id"]
             result.ran.append(stage)
     return result
@@ -218,19 +217,19 @@ def run_pipeline(recipe: Recipe, root: str | Path, stages: Mapping[str, StageFn]
 
 def _run_stage(stage: str, fn: StageFn, recipe: Recipe, root: Path, fp: str, upstream: str | None,
                result: PipelineResult, listener: Listener, index: int, total: int,
-               done: dict[str, Any] | None, skipped: bool = False) -> dict[str, Any]:
+               done: dict[str, Any] | None, skip_reason: str | None = None) -> dict[str, Any]:
     folder = root / stage
     how = _prepare_dir(folder, fp, done)
     folder.mkdir(parents=True, exist_ok=True)
     started_at = _now()
     atomic_write_json(folder / STARTED_FILE, {"stage": stage, "fingerprint": fp, "started": started_at})
-    listener.stage_started(index, total, stage, "skip" if skipped else how)  # the record keeps `how`
+    listener.stage_started(index, total, stage, "skip" if skip_reason else how)  # the record keeps `how`
     ctx = StageContext(root=root, recipe=recipe,
                        outputs={s: r["outputs"] for s, r in result.records.items()},
                        status=lambda text: listener.stage_status(stage, text))
     t0 = time.perf_counter()
     try:
-        outputs = fn(ctx)
+        outputs = {"skipped": skip_reason} if skip_reason else fn(ctx)
     except KeyboardInterrupt:
         wall = time.perf_counter() - t0
         error = PipelineInterrupted(stage)
