@@ -308,3 +308,18 @@ def test_episodes_that_return_to_an_earlier_state_are_counted_as_loops():
     expert = evaluate(ScriptedExpertPolicy(), episodes=6, splits=["train"])
     assert all(e.success and e.revisit_step is None for e in expert.episodes)  # it never goes back
     assert "a loop" not in expert.format_table()
+
+
+def test_failed_episodes_carry_their_failure_kind_in_the_table_and_json(tmp_path):
+    idle = evaluate(ConstantPolicy(), episodes=4, seed=0, splits=["train"], max_steps=3, record=False)
+    assert {e.failure for e in idle.episodes} == {"untouched"}  # nothing moved in 3 idle steps
+    data = json.loads(idle.save_json(tmp_path / "idle.json").read_text())
+    assert data["splits"]["train"]["failures"] == {"pick": {"untouched": 1}, "move_near": {"untouched": 1},
+                                                   "put_on": {"untouched": 1}, "pick_extreme": {"untouched": 1}}
+    assert data["episodes"][0]["failure"] == "untouched"
+    table = idle.format_table()
+    assert re.search(r"train failures\s+untouched\n", table) and re.search(r"\nmove_near\s+1\n", table)
+    expert = evaluate(ScriptedExpertPolicy(), episodes=4, seed=0, splits=["train"], record=False)
+    assert all(e.success and e.failure is None for e in expert.episodes)
+    assert "failures" not in expert.format_table()
+    assert expert.to_dict()["splits"]["train"]["failures"] == {}

@@ -43,6 +43,9 @@ class EpisodeResult:
     # a policy of the image alone, decoded greedily, then loops until the step limit. None: never,
     # or the env has no state_key.
     revisit_step: int | None = None
+    # Failed episodes: what the final scene shows (rt2edge.sim.tasks.FAILURE_KINDS: wrong object,
+    # near miss, ...); None for a success or an env that cannot tell.
+    failure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,17 @@ class EvaluationResult:
         families = dict.fromkeys(e.family for e in self.episodes if e.split == split)
         return {f: self.summary(split, f) for f in families}
 
+    def failure_counts(self, split: str) -> dict[str, dict[str, int]]:
+        """Failed episodes of `split` per task family and failure kind (families without a failure
+        are left out; "unknown" where the env could not tell)."""
+        counts: dict[str, dict[str, int]] = {}
+        for e in self.episodes:
+            if e.split == split and not e.success:
+                kinds = counts.setdefault(e.family, {})
+                kind = e.failure or "unknown"
+                kinds[kind] = kinds.get(kind, 0) + 1
+        return counts
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy,
@@ -118,7 +132,8 @@ class EvaluationResult:
             **({} if self.loop_escape is None else {"loop_escape": self.loop_escape}),
             "overall": asdict(self.summary()),
             "splits": {s: {"overall": asdict(self.summary(s)),
-                           "families": {f: asdict(g) for f, g in self.by_family(s).items()}}
+                           "families": {f: asdict(g) for f, g in self.by_family(s).items()},
+                           "failures": self.failure_counts(s)}
                        for s in self.splits},
             "episodes": [asdict(e) for e in self.episodes],
             **({} if self.language_probe is None else {"language_probe": self.language_probe.to_dict()}),
@@ -131,6 +146,22 @@ class EvaluationResult:
         timeouts = [e for e in failed if not e.terminated]
         return (f"{split} {sum(e.revisit_step is not None for e in failed)} of {len(failed)} "
                 f"({sum(e.revisit_step is not None for e in timeouts)} of the {len(timeouts)} that ran out of steps)")
+
+    def _failure_table(self, split: str) -> list[str]:
+        """Failed episodes of one split, family by failure kind (kinds that occur, in
+        FAILURE_KINDS order); [] when every episode succeeded or no env could tell."""
+        counts = self.failure_counts(split)
+        present = {k for kinds in counts.values() for k in kinds}
+        if not present or present == {"unknown"}:
+            return []
+        from rt2edge.sim.tasks import FAILURE_KINDS  # numpy only; the table reads its order
+
+        kinds = [k for k in [*FAILURE_KINDS, "unknown"] if k in present]
+        families = [f for f in dict.fromkeys(e.family for e in self.episodes) if f in counts]  # table order
+        lines = [f"{split + ' failures':<18}" + "".join(f"{k:>{len(k) + 2}}" for k in kinds)]
+        for family in families:
+            lines.append(f"{family:<18}" + "".join(f"{counts[family].get(k, 0):>{len(k) + 2}}" for k in kinds))
+        return lines
 
     def save_json(self, path: str | Path) -> Path:
         path = Path(path)
@@ -165,6 +196,8 @@ class EvaluationResult:
         if any(e.revisit_step is not None for e in self.episodes if not e.success):
             lines.append("failed episodes back in an earlier state (a loop): " + "; ".join(
                 self._loop_census(split) for split in splits))
+        for split in splits:
+            lines.extend(self._failure_table(split))
         if self.safe_fallbacks:
             lines.append(f"safe-fallback actions: {self.safe_fallbacks}")
         if self.loop_escape is not None:

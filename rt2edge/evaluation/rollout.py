@@ -55,6 +55,7 @@ class RolloutEpisode:
     terminated: bool = False
     out_of_bounds: int = 0
     revisit_step: int | None = None  # the first step that returned to an earlier state
+    failure: str | None = None  # why it failed, from its final scene (env.failure_kind); None: success
     frames: list[np.ndarray] | None = field(default=None, repr=False)
     visited: set[bytes] = field(default_factory=set, repr=False)  # env.state_key() of every step so far
 
@@ -130,7 +131,8 @@ def evaluate(policy: Any, episodes: int = 24, seed: int = 0, splits: Sequence[st
                 split=split, index=episode.index, family=episode.family, instruction=episode.instruction,
                 seed=episode.seed, success=episode.success, reached=episode.reached,
                 terminated=episode.terminated, steps=episode.steps,
-                out_of_bounds_actions=episode.out_of_bounds, revisit_step=episode.revisit_step)
+                out_of_bounds_actions=episode.out_of_bounds, revisit_step=episode.revisit_step,
+                failure=episode.failure)
             results.append(result)
             if frames is not None:
                 recorded = (np.stack(frames), result)
@@ -234,8 +236,15 @@ def run_plan(policy: Any, envs: list[Any], plan: deque, want_frames: bool = Fals
                 ep.frames.append(obs["image"].copy())
             if terminated or truncated:
                 ep.terminated = bool(terminated)
+                ep.failure = _failure_kind(env) if not ep.success else None
                 yield ep, ep.frames
                 start(slot)
+
+
+def _failure_kind(env: Any) -> str | None:
+    """The env's reading of why the episode failed; None for envs that cannot tell."""
+    kind_of = getattr(env, "failure_kind", None)
+    return kind_of() if callable(kind_of) else None
 
 
 def _act(policy: Any, episodes: list[RolloutEpisode]) -> list[np.ndarray]:

@@ -17,7 +17,7 @@ from rt2edge.sim.experts import ScriptedExpert, expert_action, expert_goal_xy
 from rt2edge.sim.language import FAMILIES, HELDOUT_COMBOS, SPLITS, check_split, instructions_of
 from rt2edge.sim.questions import Question, question_corpus, scene_questions
 from rt2edge.sim.render import Renderer
-from rt2edge.sim.tasks import Task, TaskSampler, is_success
+from rt2edge.sim.tasks import FAILURE_KINDS, Task, TaskSampler, failure_kind, is_success
 from rt2edge.sim.world import STATE_NAMES, Scene
 
 
@@ -33,7 +33,7 @@ def instruction_corpus(split: str = "train", include_vqa: bool = True) -> list[s
 
 
 __all__ = [
-    "ACTION_NAMES", "FAMILIES", "HELDOUT_COMBOS", "SPLITS", "STATE_NAMES", "Question", "Renderer",
+    "ACTION_NAMES", "FAILURE_KINDS", "FAMILIES", "HELDOUT_COMBOS", "SPLITS", "STATE_NAMES", "Question", "Renderer",
     "Scene", "ScriptedExpert", "TabletopEnv", "Task", "TaskSampler", "expert_action", "expert_goal_xy",
-    "instruction_corpus", "is_success", "question_corpus", "scene_questions",
+    "failure_kind", "instruction_corpus", "is_success", "question_corpus", "scene_questions",
 ]

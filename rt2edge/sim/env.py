@@ -19,7 +19,7 @@ from rt2edge.errors import ActionValueError, ConfigError
 from rt2edge.optional import require
 from rt2edge.sim.experts import expert_action
 from rt2edge.sim.render import Renderer
-from rt2edge.sim.tasks import OBJECT_COUNTS, Task, TaskSampler, is_success
+from rt2edge.sim.tasks import OBJECT_COUNTS, Task, TaskSampler, failure_kind, is_success
 from rt2edge.sim.world import MAX_STEP, STATE_NAMES, Z_MAX, Scene, apply_action
 
 gym = require("gymnasium", extra="toolkit", purpose="the tabletop simulator")
@@ -81,6 +81,7 @@ class TabletopEnv(gym.Env):
         self.task: Task | None = None
         self._steps = 0
         self._image: np.ndarray | None = None
+        self._start_xy: list[tuple[float, float]] = []  # objects' positions at reset: what moved
 
     # ----------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None,
@@ -93,6 +94,7 @@ class TabletopEnv(gym.Env):
             raise ConfigError("options",
                               f"unknown reset options {sorted(options)}; known: ['family']")
         self.scene, self.task = self.sampler.sample(self.np_random, family=family)
+        self._start_xy = [(o.x, o.y) for o in self.scene.objects]
         self.renderer.set_static(self.scene)
         self._steps = 0
         return self._observation(), self._info()
@@ -139,6 +141,12 @@ class TabletopEnv(gym.Env):
 
     def is_success(self) -> bool:
         return self.scene is not None and is_success(self.scene, self.task)
+
+    def failure_kind(self) -> str | None:
+        """Why the episode so far has not succeeded (a tasks.FAILURE_KINDS key); None if it has."""
+        if self.scene is None:
+            raise RuntimeError("call reset() before failure_kind()")
+        return failure_kind(self.scene, self.task, self._start_xy)
 
     # ----------------------------------------------------------------------------- internals
     def _check_action(self, action: Any) -> np.ndarray:

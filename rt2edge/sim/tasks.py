@@ -89,36 +89,109 @@ def is_success(scene: Scene, task: Task) -> bool:
     return bool(SUCCESS[task.family](scene, task))
 
 
+# ----------------------------------------------------------------------------- failure kinds
+MOVED_TOL = 0.01  # metres an object's centre must travel in xy to count as moved
+
+# Why a failed episode failed, read off its final scene: which ones dominate tells grounding
+# errors (wrong object / destination) from placement precision (near miss) and control ones.
+FAILURE_KINDS = {
+    "untouched": "no object moved",
+    "wrong_object": "another object moved or is held; the named one did not move",
+    "held": "the named object is still in the gripper (pick: not lifted high enough)",
+    "dropped": "pick: the named object moved but is not in the gripper",
+    "wrong_destination": "the named object rests where the task with another destination "
+                         "(the other mat or flag, another reference object) would succeed",
+    "on_reference": "move near: the named object was stacked on the reference",
+    "near_miss": f"the named object rests within {NEAR_GAP} m of where it would count",
+    "elsewhere": f"the named object rests more than {NEAR_GAP} m from where it would count",
+}
+
+
+def failure_kind(scene: Scene, task: Task, start_xy: list[tuple[float, float]]) -> str | None:
+    """The FAILURE_KINDS key that describes the scene at the end of an episode that started with
+    the objects at `start_xy`; None when the task holds."""
+    if is_success(scene, task):
+        return None
+    moved = {i for i, o in enumerate(scene.objects)
+             if scene.held == i or np.hypot(o.x - start_xy[i][0], o.y - start_xy[i][1]) > MOVED_TOL}
+    if scene.held == task.target:
+        return "held"
+    if task.target not in moved:
+        return "wrong_object" if moved else "untouched"
+    if task.family in ("pick", "pick_extreme"):
+        return "dropped"
+    if any(is_success(scene, dataclasses.replace(task, **swap)) for swap in _destination_swaps(scene, task)):
+        return "wrong_destination"
+    if task.family == "move_near" and scene.objects[task.target].on == task.reference:
+        return "on_reference"
+    return "near_miss" if goal_distance(scene, task) <= NEAR_GAP else "elsewhere"
+
+
+def goal_distance(scene: Scene, task: Task) -> float:
+    """Placement families: how far (metres, xy) the named object rests from where the task would
+    count: past the near gap, off the reference's top, outside the mat / flag; 0 inside."""
+    obj = scene.objects[task.target]
+    if task.family == "move_near":
+        ref = scene.objects[task.reference]
+        return max(0.0, scene.distance_xy(task.target, task.reference) - obj.radius - ref.radius - NEAR_GAP)
+    if task.family == "put_on":
+        return max(0.0, scene.distance_xy(task.target, task.reference) - scene.objects[task.reference].radius)
+    if task.family in ("move_to_mat", "move_to_flag"):
+        region = scene.mat(task.mat_colour) if task.family == "move_to_mat" else scene.flag(task.country)
+        dx = max(0.0, abs(obj.x - region.x) - region.HALF[0])
+        dy = max(0.0, abs(obj.y - region.y) - region.HALF[1])
+        return float(np.hypot(dx, dy))
+    raise ValueError(f"{task.family!r} has no destination")
+
+
+def _destination_swaps(scene: Scene, task: Task) -> list[dict[str, object]]:
+    """The task's destination fields for each other destination the scene offers, in scene order:
+    the other mats / flags, or every other object as the reference. [] for the pick families."""
+    if task.family == "move_to_mat":
+        return [{"mat_colour": m.colour} for m in scene.mats if m.colour != task.mat_colour]
+    if task.family == "move_to_flag":
+        return [{"country": f.country} for f in scene.flags if f.country != task.country]
+    if task.family in ("move_near", "put_on"):
+        return [{"reference": j} for j in range(len(scene.objects)) if j not in (task.target, task.reference)]
+    return []
+
+
 # ----------------------------------------------------------------------------- counterfactuals
+def _destination_words(scene: Scene, task: Task) -> dict[str, str]:
+    """The template slots that name the task's destination."""
+    if task.family == "move_to_mat":
+        return {"c": task.mat_colour}
+    if task.family == "move_to_flag":
+        return {"k": task.country, "a": COUNTRIES[task.country]}
+    return {"y": scene.objects[task.reference].name}
+
+
 def counterfactual_destinations(scene: Scene, task: Task, split: str) -> list[Task]:
     """The task with each other destination the scene offers: the other mat / flag, or another
     object as the reference (with a name of its own, one `split` may name as a reference). The
     instruction is the task's template filled again, so only the destination's words change and it
     is an instruction of the same split. [] for families without a destination, or when the
     instruction is not its template's (a hand-made task)."""
-    mover = scene.objects[task.target].name
-    if task.family == "move_to_mat":
-        current = {"c": task.mat_colour}
-        options = [({"c": m.colour}, {"mat_colour": m.colour}) for m in scene.mats if m.colour != task.mat_colour]
-    elif task.family == "move_to_flag":
-        current = {"k": task.country, "a": COUNTRIES[task.country]}
-        options = [({"k": f.country, "a": COUNTRIES[f.country]}, {"country": f.country})
-                   for f in scene.flags if f.country != task.country]
-    elif task.family in ("move_near", "put_on"):
+    swaps = _destination_swaps(scene, task)
+    if task.family in ("move_near", "put_on"):
         names = [o.name for o in scene.objects]
         allowed = {f"{c} {s}" for c, s in language.reference_combos(split)}
-        current = {"y": scene.objects[task.reference].name}
-        options = [({"y": o.name}, {"reference": j}) for j, o in enumerate(scene.objects)
-                   if j not in (task.target, task.reference) and names.count(o.name) == 1
-                   and o.name in allowed and o.name not in task.instruction]
-    else:
+
+        def nameable(j: int) -> bool:
+            name = scene.objects[j].name
+            return names.count(name) == 1 and name in allowed and name not in task.instruction
+
+        swaps = [s for s in swaps if nameable(s["reference"])]
+    if not swaps:
         return []
-    if language.fill(task.template, x=mover, **current) != task.instruction:
+    mover = scene.objects[task.target].name
+    if language.fill(task.template, x=mover, **_destination_words(scene, task)) != task.instruction:
         return []
     out = []
-    for words, fields in options:
-        text = language.fill(task.template, x=mover, **words)
-        out.append(dataclasses.replace(task, instruction=text, **fields))
+    for swap in swaps:
+        other = dataclasses.replace(task, **swap)
+        out.append(dataclasses.replace(other, instruction=language.fill(
+            task.template, x=mover, **_destination_words(scene, other))))
     return out
 
 

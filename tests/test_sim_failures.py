@@ -1,0 +1,112 @@
+"""Failure kinds: what the final scene of a failed episode shows, checked on scenes set up by hand
+from real env states (the expert drives to the point the case needs, then objects are placed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rt2edge.sim import FAILURE_KINDS, TabletopEnv
+from rt2edge.sim.world import NEAR_GAP
+
+
+def env_for(family: str, objects: int = 3, seed: int = 0) -> TabletopEnv:
+    env = TabletopEnv(families=[family], object_counts=(objects,))
+    env.reset(seed=seed)
+    return env
+
+
+def run_expert(env: TabletopEnv, until=lambda env: False) -> None:
+    for _ in range(env.max_steps):
+        action = env.expert_action()
+        if action[7] >= 0.5 or until(env):
+            return
+        env.step(action)
+
+
+def put(env: TabletopEnv, index: int, x: float, y: float) -> None:
+    obj = env.scene.objects[index]
+    obj.x, obj.y, obj.z, obj.on = x, y, 0.0, None
+
+
+def far_from(regions, margin: float = 3 * NEAR_GAP) -> tuple[float, float]:
+    """A table point more than `margin` outside every region (mat / flag)."""
+    grid = np.linspace(-0.45, 0.45, 19)
+    for px in grid:
+        for py in grid:
+            if all(np.hypot(max(0.0, abs(px - r.x) - r.HALF[0]), max(0.0, abs(py - r.y) - r.HALF[1])) > margin
+                   for r in regions):
+                return float(px), float(py)
+    raise AssertionError("no free point on the table")
+
+
+@pytest.mark.parametrize("family", ["pick", "move_near", "put_on", "pick_extreme", "move_to_mat", "move_to_flag"])
+def test_untouched_at_reset_and_none_once_the_expert_succeeded(family):
+    env = env_for(family)
+    assert env.failure_kind() == "untouched"
+    run_expert(env)
+    assert env.is_success() and env.failure_kind() is None
+
+
+def test_moving_another_object_is_the_wrong_object_and_holding_the_target_is_held():
+    env = env_for("pick")
+    other = next(i for i in range(len(env.scene.objects)) if i != env.task.target)
+    o = env.scene.objects[other]
+    o.x += 0.05
+    assert env.failure_kind() == "wrong_object"
+    env.reset(seed=0)
+    run_expert(env, until=lambda e: e.scene.held is not None)
+    assert env.scene.held == env.task.target and not env.is_success()  # grasped, not yet lifted
+    assert env.failure_kind() == "held"
+    run_expert(env, until=lambda e: e.is_success())
+    env.step(np.array([0, 0, 0, 0, 0, 0, -1, 0]))  # release after the lift: the object falls
+    assert env.failure_kind() == "dropped"
+
+
+def test_the_other_mat_is_the_wrong_destination_and_distance_splits_near_miss_from_elsewhere():
+    env = env_for("move_to_mat")
+    task, scene = env.task, env.scene
+    other = next(m for m in scene.mats if m.colour != task.mat_colour)
+    put(env, task.target, other.x, other.y)
+    assert env.failure_kind() == "wrong_destination"
+    mat = scene.mat(task.mat_colour)
+    side = 1.0 if mat.x < 0 else -1.0  # step off the mat's side facing the table's centre
+    put(env, task.target, mat.x + side * (mat.HALF[0] + NEAR_GAP / 2), mat.y)
+    assert env.failure_kind() == "near_miss"
+    put(env, task.target, *far_from(scene.mats))
+    assert env.failure_kind() == "elsewhere"
+    put(env, task.target, mat.x, mat.y)
+    assert env.failure_kind() is None
+
+
+def test_move_near_told_apart_stacked_near_miss_elsewhere_and_another_reference():
+    env = env_for("move_near", objects=3, seed=2)
+    task, scene = env.task, env.scene
+    x, y = scene.objects[task.target], scene.objects[task.reference]
+    third = next(i for i in range(3) if i not in (task.target, task.reference))
+    direction = np.array([-y.x, -y.y]) / (np.hypot(y.x, y.y) + 1e-9)  # towards the table's centre
+
+    def beside(reference, gap: float) -> None:
+        ref = scene.objects[reference]
+        at = np.array([ref.x, ref.y]) + direction * (x.radius + ref.radius + gap)
+        put(env, task.target, *at)
+
+    beside(task.reference, NEAR_GAP / 2)
+    assert env.failure_kind() is None
+    beside(task.reference, NEAR_GAP + 0.03)
+    assert env.failure_kind() == "near_miss"
+    put(env, task.target, y.x, y.y)
+    x.z, x.on = y.top, task.reference
+    assert env.failure_kind() == "on_reference"
+    beside(third, 0.0)
+    assert env.failure_kind() == "wrong_destination"
+    centre = np.array([y.x, y.y]) + direction * (x.radius + y.radius + NEAR_GAP + 0.3)
+    assert min(np.hypot(*(centre - [o.x, o.y])) for i, o in enumerate(scene.objects) if i != task.target) > 0.3
+    put(env, task.target, *centre)
+    assert env.failure_kind() == "elsewhere"
+
+
+def test_every_kind_is_described():
+    assert set(FAILURE_KINDS) == {"untouched", "wrong_object", "held", "dropped", "wrong_destination",
+                                  "on_reference", "near_miss", "elsewhere"}
+    assert all(isinstance(text, str) and text for text in FAILURE_KINDS.values())
