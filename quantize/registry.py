@@ -75,6 +75,11 @@ class QuantMethod:
     targets: tuple[str, ...] = ()  # runtimes its output is for, the first is the default; () = n/a
     algorithms: tuple[str, ...] = ()  # weight rounding algorithms, the first is the default
 
+    @property
+    def onnx(self) -> bool:
+        """It quantizes a deploy artifact's ONNX graphs (the per-layer sensitivity pass is theirs)."""
+        return self.source == "artifact"
+
 
 _METHODS: dict[str, QuantMethod] = {}
 
