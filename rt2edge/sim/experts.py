@@ -16,6 +16,9 @@ that a 64-px camera cannot tell apart (a bin is a quarter pixel), so a cloned po
 capacity on unreadable labels. Half-step moves make each axis a 5-way choice readable from the
 image (a half step is 3 px at 64 px), and the expert still lands within a quarter step of every
 goal: inside the grasp radius (>= 0.05 m), a mat (0.12 m), a flag (0.065 m) and the near gap.
+
+Over an object it closes once within GRASP_TOLERANCE of its centre, not only on the grid point:
+see there why a policy needs that.
 """
 
 from __future__ import annotations
@@ -25,10 +28,17 @@ from typing import Callable
 import numpy as np
 
 from rt2edge.sim.tasks import Task, is_success
-from rt2edge.sim.world import CARRY_Z, GRASP_Z, MAX_STEP, NEAR_GAP, Scene
+from rt2edge.sim.world import CARRY_Z, GRASP_Z, MAX_STEP, NEAR_GAP, SIZES, Scene
 
 CLOSE, OPEN = 1.0, -1.0
 NEAR_PLACEMENT_GAP = 0.03  # edge gap the expert leaves for `move X near Y` (success: NEAR_GAP)
+# At grasp height the expert closes when the gripper is this close (xy, metres) to the object's
+# centre. The grid alone closes only within a quarter step (0.025 m) per axis and moves a half
+# step otherwise: a policy that reads the object 1-2 px off (1.6 cm per px at 64 px) then steps
+# back and forth across that boundary without closing, which was the most common failure of the
+# shipped DAgger-5 policy (33 of its 76 failed seen episodes moved no object, 29 of them looping;
+# README). Every object's footprint (radius >= 0.05 m) still holds the fingers at this distance.
+GRASP_TOLERANCE = 0.04
 
 
 def _towards_reference(scene: Scene, task: Task) -> np.ndarray:
@@ -66,6 +76,7 @@ DESTINATIONS: dict[str, Callable[[Scene, Task], np.ndarray] | None] = {
     "move_to_flag": _flag_centre,
 }
 assert NEAR_PLACEMENT_GAP < NEAR_GAP  # the expert's placement must satisfy the predicate
+assert GRASP_TOLERANCE < min(SIZES.values())  # closing there grasps the object
 
 
 def _action(delta: np.ndarray, gripper: float, terminate: bool = False) -> np.ndarray:
@@ -86,6 +97,13 @@ def _arrived(scene: Scene, goal: np.ndarray, max_step: float) -> bool:
     """True when the grid move to `goal` is zero on every axis given (within a quarter step)."""
     delta = goal - scene.ee[:len(goal)]
     return not np.any(_grid_step(delta, max_step))
+
+
+def _at_grasp(scene: Scene, grasp: np.ndarray, max_step: float) -> bool:
+    """At grasp height (no z move left on the grid) and within GRASP_TOLERANCE of the object in
+    xy. Includes every grid arrival: a quarter step per axis is at most 0.035 m."""
+    at_height = not _grid_step(np.array([grasp[2] - scene.ee[2]]), max_step).any()
+    return at_height and float(np.hypot(*(grasp[:2] - scene.ee[:2]))) <= GRASP_TOLERANCE
 
 
 def _move(scene: Scene, goal: np.ndarray, gripper: float, max_step: float) -> np.ndarray:
@@ -120,7 +138,7 @@ def expert_action(scene: Scene, task: Task, max_step: float = MAX_STEP) -> np.nd
     if scene.held is not None:  # holding the wrong object (a perturbed run): put it down
         return _action(np.zeros(3), OPEN)
     grasp = np.array([*goal_xy, scene.objects[task.target].z + GRASP_Z])
-    if _arrived(scene, grasp, max_step):
+    if _at_grasp(scene, grasp, max_step):
         # Closed on nothing on the way here: a close command would change nothing, so open first.
         return _action(np.zeros(3), OPEN if scene.gripper_closed else CLOSE)
     # Opening on the way covers a gripper that closed on nothing.
