@@ -98,7 +98,7 @@ class QuantizeConfig:
         self._check_method_options(method)
         self.keep_groups = self._groups(self.keep_groups)
         check_int("keep_sensitive", self.keep_sensitive, 0)
-        if self.keep_sensitive and not method.onnx:
+        if self.keep_sensitive and not method.reads_artifact:
             raise ConfigError("keep_sensitive", f"the per-layer sensitivity pass is for the ONNX methods; "
                                                 f"{self.method!r} quantizes a checkpoint")
         for name in ("sensitivity", "double_quant", "overwrite"):

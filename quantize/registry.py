@@ -76,7 +76,7 @@ class QuantMethod:
     algorithms: tuple[str, ...] = ()  # weight rounding algorithms, the first is the default
 
     @property
-    def onnx(self) -> bool:
+    def reads_artifact(self) -> bool:
         """It quantizes a deploy artifact's ONNX graphs (the per-layer sensitivity pass is theirs)."""
         return self.source == "artifact"
 

@@ -323,3 +323,23 @@ def test_failed_episodes_carry_their_failure_kind_in_the_table_and_json(tmp_path
     assert all(e.success and e.failure is None for e in expert.episodes)
     assert "failures" not in expert.format_table()
     assert expert.to_dict()["splits"]["train"]["failures"] == {}
+
+
+def test_kinds_of_a_custom_env_are_shown_and_envs_that_cannot_tell_are_unknown():
+    from rt2edge.sim import TabletopEnv
+
+    class CollisionEnv(TabletopEnv):
+        def failure_kind(self):
+            return "collision"
+
+    class SilentEnv(TabletopEnv):
+        failure_kind = None  # an env without the method
+
+    custom = evaluate(ConstantPolicy(), episodes=2, splits=["train"], max_steps=2, record=False,
+                      env_factory=lambda split: CollisionEnv(split=split))
+    assert re.search(r"train failures\s+collision\n", custom.format_table())
+    silent = evaluate(ConstantPolicy(), episodes=2, splits=["train"], max_steps=2, record=False,
+                      env_factory=lambda split: SilentEnv(split=split))
+    assert {e.failure for e in silent.episodes} == {None}
+    assert silent.failure_counts("train") == {"pick": {"unknown": 1}, "move_near": {"unknown": 1}}
+    assert "failures" not in silent.format_table()  # nothing to tell

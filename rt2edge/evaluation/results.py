@@ -154,9 +154,11 @@ class EvaluationResult:
         present = {k for kinds in counts.values() for k in kinds}
         if not present or present == {"unknown"}:
             return []
-        from rt2edge.sim.tasks import FAILURE_KINDS  # numpy only; the table reads its order
+        from rt2edge.sim.tasks import FAILURE_KINDS  # loads the simulator (gymnasium, no torch): an eval ran it
 
-        kinds = [k for k in [*FAILURE_KINDS, "unknown"] if k in present]
+        # The simulator's kinds in its order, then any a custom env reports, then "unknown".
+        kinds = ([k for k in FAILURE_KINDS if k in present] + sorted(present - set(FAILURE_KINDS) - {"unknown"})
+                 + ["unknown"] * ("unknown" in present))
         families = [f for f in dict.fromkeys(e.family for e in self.episodes) if f in counts]  # table order
         lines = [f"{split + ' failures':<18}" + "".join(f"{k:>{len(k) + 2}}" for k in kinds)]
         for family in families:

@@ -40,7 +40,7 @@ def check_names(recipe: Recipe) -> None:
     unknown = [m for m in recipe.quantize.methods if m not in methods]
     if unknown:
         raise ConfigError("quantize.methods", f"unknown methods {unknown}; known: {methods}")
-    if recipe.quantize.keep_sensitive and not any(get_method(m).onnx for m in recipe.quantize.methods):
+    if recipe.quantize.keep_sensitive and not any(get_method(m).reads_artifact for m in recipe.quantize.methods):
         raise ConfigError("quantize.keep_sensitive", "the per-layer sensitivity pass is for the ONNX methods; "
                                                      f"{recipe.quantize.methods} are all bitsandbytes ones")
 

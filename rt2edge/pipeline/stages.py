@@ -170,7 +170,7 @@ def quantize(ctx: StageContext) -> dict[str, Any]:
         ctx.status(f"{method} on {name} ({i}/{len(jobs)})")
         # ONNX methods quantize the exported artifact, bitsandbytes ones the torch checkpoint
         # (the sensitivity pass that keeps layers in fp32 is the ONNX methods' own).
-        onnx = get_method(method).onnx
+        onnx = get_method(method).reads_artifact
         source = artifacts[name] if onnx else models[name]
         if not (out / QUANTIZE_MARKER).is_file():
             run(QuantizeConfig(source=ctx.root / source, out=out, method=method,

@@ -82,6 +82,7 @@ class TabletopEnv(gym.Env):
         self._steps = 0
         self._image: np.ndarray | None = None
         self._start_xy: list[tuple[float, float]] = []  # objects' positions at reset: what moved
+        self._ever_held: set[int] = set()  # objects grasped during the episode
 
     # ----------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None,
@@ -95,6 +96,7 @@ class TabletopEnv(gym.Env):
                               f"unknown reset options {sorted(options)}; known: ['family']")
         self.scene, self.task = self.sampler.sample(self.np_random, family=family)
         self._start_xy = [(o.x, o.y) for o in self.scene.objects]
+        self._ever_held: set[int] = set()
         self.renderer.set_static(self.scene)
         self._steps = 0
         return self._observation(), self._info()
@@ -104,6 +106,8 @@ class TabletopEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         act = self._check_action(action)
         apply_action(self.scene, act, self.max_step)
+        if self.scene.held is not None:
+            self._ever_held.add(self.scene.held)
         self._steps += 1
         success = is_success(self.scene, self.task)
         terminated = bool(act[7] >= 0.5)
@@ -146,7 +150,7 @@ class TabletopEnv(gym.Env):
         """Why the episode so far has not succeeded (a tasks.FAILURE_KINDS key); None if it has."""
         if self.scene is None:
             raise RuntimeError("call reset() before failure_kind()")
-        return failure_kind(self.scene, self.task, self._start_xy)
+        return failure_kind(self.scene, self.task, self._start_xy, self._ever_held)
 
     # ----------------------------------------------------------------------------- internals
     def _check_action(self, action: Any) -> np.ndarray:

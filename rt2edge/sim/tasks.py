@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 
@@ -98,33 +98,39 @@ FAILURE_KINDS = {
     "untouched": "no object moved",
     "wrong_object": "another object moved or is held; the named one did not move",
     "held": "the named object is still in the gripper (pick: not lifted high enough)",
-    "dropped": "pick: the named object moved but is not in the gripper",
-    "wrong_destination": "the named object rests where the task with another destination "
-                         "(the other mat or flag, another reference object) would succeed",
+    "dropped": "pick: the named object was grasped or moved but is not in the gripper",
     "on_reference": "move near: the named object was stacked on the reference",
     "near_miss": f"the named object rests within {NEAR_GAP} m of where it would count",
+    "wrong_destination": f"the named object rests more than {NEAR_GAP} m from where it would count, "
+                         "where the task with another destination (the other mat or flag, another "
+                         "reference object) would succeed",
     "elsewhere": f"the named object rests more than {NEAR_GAP} m from where it would count",
 }
 
 
-def failure_kind(scene: Scene, task: Task, start_xy: list[tuple[float, float]]) -> str | None:
+def failure_kind(scene: Scene, task: Task, start_xy: list[tuple[float, float]],
+                 ever_held: Collection[int] = ()) -> str | None:
     """The FAILURE_KINDS key that describes the scene at the end of an episode that started with
-    the objects at `start_xy`; None when the task holds."""
+    the objects at `start_xy` and grasped the objects `ever_held` on the way; None when the task
+    holds. The kinds are tried in FAILURE_KINDS order, the more direct reading first."""
     if is_success(scene, task):
         return None
+    # Grasped counts as moved: a pick released where it was lifted lands back within MOVED_TOL.
     moved = {i for i, o in enumerate(scene.objects)
-             if scene.held == i or np.hypot(o.x - start_xy[i][0], o.y - start_xy[i][1]) > MOVED_TOL}
+             if i in ever_held or scene.held == i or np.hypot(o.x - start_xy[i][0], o.y - start_xy[i][1]) > MOVED_TOL}
     if scene.held == task.target:
         return "held"
     if task.target not in moved:
         return "wrong_object" if moved else "untouched"
     if task.family in ("pick", "pick_extreme"):
         return "dropped"
-    if any(is_success(scene, dataclasses.replace(task, **swap)) for swap in _destination_swaps(scene, task)):
-        return "wrong_destination"
     if task.family == "move_near" and scene.objects[task.target].on == task.reference:
         return "on_reference"
-    return "near_miss" if goal_distance(scene, task) <= NEAR_GAP else "elsewhere"
+    if goal_distance(scene, task) <= NEAR_GAP:
+        return "near_miss"
+    if any(is_success(scene, dataclasses.replace(task, **swap)) for swap in _destination_swaps(scene, task)):
+        return "wrong_destination"
+    return "elsewhere"
 
 
 def goal_distance(scene: Scene, task: Task) -> float:
