@@ -89,12 +89,20 @@ def test_the_other_mat_is_the_wrong_destination_and_distance_splits_near_miss_fr
     assert env.failure_kind() is None
 
 
-def test_move_near_told_apart_stacked_near_miss_elsewhere_and_another_reference():
-    env = env_for("move_near", objects=3, seed=2)
+def three_objects(family: str, seed: int):
+    """A 3-object scene of `family`: the env, the named object, the reference, the third object's
+    index, and the unit vector from the reference towards the table's centre (room to place)."""
+    env = env_for(family, objects=3, seed=seed)
     task, scene = env.task, env.scene
-    x, y = scene.objects[task.target], scene.objects[task.reference]
+    y = scene.objects[task.reference]
     third = next(i for i in range(3) if i not in (task.target, task.reference))
-    direction = np.array([-y.x, -y.y]) / (np.hypot(y.x, y.y) + 1e-9)  # towards the table's centre
+    direction = np.array([-y.x, -y.y]) / (np.hypot(y.x, y.y) + 1e-9)
+    return env, scene.objects[task.target], y, third, direction
+
+
+def test_move_near_told_apart_stacked_near_miss_elsewhere_and_another_reference():
+    env, x, y, third, direction = three_objects("move_near", seed=2)
+    task, scene = env.task, env.scene
 
     def beside(reference, gap: float) -> None:
         ref = scene.objects[reference]
@@ -117,40 +125,29 @@ def test_move_near_told_apart_stacked_near_miss_elsewhere_and_another_reference(
 
 
 def test_stacked_on_the_reference_is_on_reference_even_beside_a_third_object():
-    env = env_for("move_near", objects=3, seed=2)
-    task, scene = env.task, env.scene
-    x, y = scene.objects[task.target], scene.objects[task.reference]
-    third = next(i for i in range(3) if i not in (task.target, task.reference))
-    t = scene.objects[third]
+    env, x, y, third, _ = three_objects("move_near", seed=2)
+    t = env.scene.objects[third]
     t.x, t.y = y.x + y.radius + t.radius + 0.01, y.y  # the third object just beside the reference
-    put(env, task.target, y.x + 0.3 * y.radius, y.y)  # on the reference, off-centre towards it
-    x.z, x.on = y.top, task.reference
+    put(env, env.task.target, y.x + 0.3 * y.radius, y.y)  # on the reference, off-centre towards it
+    x.z, x.on = y.top, env.task.reference
     assert env.failure_kind() == "on_reference"
 
 
 def test_put_on_a_third_object_is_the_wrong_destination_and_beside_the_reference_a_near_miss():
-    env = env_for("put_on", objects=3, seed=1)
-    task, scene = env.task, env.scene
-    x, y = scene.objects[task.target], scene.objects[task.reference]
-    third = next(i for i in range(3) if i not in (task.target, task.reference))
-    t = scene.objects[third]
-    put(env, task.target, t.x, t.y)
+    env, x, y, third, direction = three_objects("put_on", seed=1)
+    t = env.scene.objects[third]
+    put(env, env.task.target, t.x, t.y)
     x.z, x.on = t.top, third
     assert env.failure_kind() == "wrong_destination"
-    direction = np.array([-y.x, -y.y]) / (np.hypot(y.x, y.y) + 1e-9)
-    put(env, task.target, *(np.array([y.x, y.y]) + direction * (y.radius + NEAR_GAP / 2)))
+    put(env, env.task.target, *(np.array([y.x, y.y]) + direction * (y.radius + NEAR_GAP / 2)))
     assert env.failure_kind() == "near_miss"
 
 
 def test_a_near_miss_of_the_named_reference_is_not_counted_as_another_destination():
-    env = env_for("move_near", objects=3, seed=2)
-    task, scene = env.task, env.scene
-    x, y = scene.objects[task.target], scene.objects[task.reference]
-    third = next(i for i in range(3) if i not in (task.target, task.reference))
-    t = scene.objects[third]
-    direction = np.array([-y.x, -y.y]) / (np.hypot(y.x, y.y) + 1e-9)
+    env, x, y, third, direction = three_objects("move_near", seed=2)
+    t = env.scene.objects[third]
     at = np.array([y.x, y.y]) + direction * (x.radius + y.radius + NEAR_GAP + 0.02)
-    put(env, task.target, *at)
+    put(env, env.task.target, *at)
     t.x, t.y = at + direction * (x.radius + t.radius + 0.02)  # the third object within the near gap
     assert env.failure_kind() == "near_miss"
 
