@@ -34,8 +34,7 @@ def far_from(regions, margin: float = 3 * NEAR_GAP) -> tuple[float, float]:
     grid = np.linspace(-0.45, 0.45, 19)
     for px in grid:
         for py in grid:
-            if all(np.hypot(max(0.0, abs(px - r.x) - r.HALF[0]), max(0.0, abs(py - r.y) - r.HALF[1])) > margin
-                   for r in regions):
+            if all(r.distance_outside(px, py) > margin for r in regions):
                 return float(px), float(py)
     raise AssertionError("no free point on the table")
 

@@ -96,7 +96,7 @@ class TabletopEnv(gym.Env):
                               f"unknown reset options {sorted(options)}; known: ['family']")
         self.scene, self.task = self.sampler.sample(self.np_random, family=family)
         self._start_xy = [(o.x, o.y) for o in self.scene.objects]
-        self._ever_held: set[int] = set()
+        self._ever_held = set()
         self.renderer.set_static(self.scene)
         self._steps = 0
         return self._observation(), self._info()

@@ -54,9 +54,8 @@ def _lifted(scene: Scene, task: Task) -> bool:
 
 
 def _near(scene: Scene, task: Task) -> bool:
-    x, y = scene.objects[task.target], scene.objects[task.reference]
-    gap = scene.distance_xy(task.target, task.reference) - x.radius - y.radius
-    return _resting(scene, task.target) and x.on != task.reference and gap <= NEAR_GAP
+    return (_resting(scene, task.target) and scene.objects[task.target].on != task.reference
+            and scene.edge_gap(task.target, task.reference) <= NEAR_GAP)
 
 
 def _on(scene: Scene, task: Task) -> bool:
@@ -136,17 +135,14 @@ def failure_kind(scene: Scene, task: Task, start_xy: list[tuple[float, float]],
 def goal_distance(scene: Scene, task: Task) -> float:
     """Placement families: how far (metres, xy) the named object rests from where the task would
     count: past the near gap, off the reference's top, outside the mat / flag; 0 inside."""
-    obj = scene.objects[task.target]
     if task.family == "move_near":
-        ref = scene.objects[task.reference]
-        return max(0.0, scene.distance_xy(task.target, task.reference) - obj.radius - ref.radius - NEAR_GAP)
+        return max(0.0, scene.edge_gap(task.target, task.reference) - NEAR_GAP)
     if task.family == "put_on":
         return max(0.0, scene.distance_xy(task.target, task.reference) - scene.objects[task.reference].radius)
     if task.family in ("move_to_mat", "move_to_flag"):
+        obj = scene.objects[task.target]
         region = scene.mat(task.mat_colour) if task.family == "move_to_mat" else scene.flag(task.country)
-        dx = max(0.0, abs(obj.x - region.x) - region.HALF[0])
-        dy = max(0.0, abs(obj.y - region.y) - region.HALF[1])
-        return float(np.hypot(dx, dy))
+        return region.distance_outside(obj.x, obj.y)
     raise ValueError(f"{task.family!r} has no destination")
 
 

@@ -100,6 +100,12 @@ class _TableRegion:
     def contains(self, x: float, y: float) -> bool:
         return abs(x - self.x) <= self.HALF[0] and abs(y - self.y) <= self.HALF[1]
 
+    def distance_outside(self, x: float, y: float) -> float:
+        """How far (x, y) lies outside the rectangle (metres); 0 inside or on its edge."""
+        dx = max(0.0, abs(x - self.x) - self.HALF[0])
+        dy = max(0.0, abs(y - self.y) - self.HALF[1])
+        return float(np.hypot(dx, dy))
+
 
 @dataclass(frozen=True)
 class Mat(_TableRegion):
@@ -156,6 +162,10 @@ class Scene:
     def distance_xy(self, i: int, j: int) -> float:
         a, b = self.objects[i], self.objects[j]
         return float(np.hypot(a.x - b.x, a.y - b.y))
+
+    def edge_gap(self, i: int, j: int) -> float:
+        """Edge-to-edge distance of two objects in xy (centre distance less both radii)."""
+        return self.distance_xy(i, j) - self.objects[i].radius - self.objects[j].radius
 
 
 STATE_NAMES = ("ee_x", "ee_y", "ee_z", "gripper_closed", "holding")
