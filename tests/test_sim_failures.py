@@ -164,3 +164,8 @@ def test_the_other_flag_and_a_near_miss_of_a_flag():
     assert env.failure_kind() == "near_miss"
     put(env, task.target, *far_from(scene.flags))
     assert env.failure_kind() == "elsewhere"
+
+
+def test_failure_kind_before_reset_is_refused():
+    with pytest.raises(RuntimeError, match="reset"):
+        TabletopEnv().failure_kind()
