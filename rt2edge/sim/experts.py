@@ -37,7 +37,7 @@ NEAR_PLACEMENT_GAP = 0.03  # edge gap the expert leaves for `move X near Y` (suc
 # step otherwise: a policy that reads the object 1-2 px off (1.6 cm per px at 64 px) then steps
 # back and forth across that boundary without closing, which was the most common failure of the
 # shipped DAgger-5 policy: 33 of its 76 failed seen episodes moved no object, 29 of them in a
-# loop, 15 ending at grasp height within 5 cm of the object (README). Every object's footprint
+# loop (README item 19). Every object's footprint
 # (radius >= 0.05 m) still holds the fingers at this distance.
 GRASP_TOLERANCE = 0.04
 
