@@ -49,14 +49,22 @@ def read_source(source: Path) -> ArtifactManifest:
     return manifest
 
 
+def source_target(target: str | None) -> str | None:
+    """The export target a source artifact must have for an output of `target`, or None when any
+    fp32 export serves: a TensorRT output needs the plain graphs and the optimization profiles
+    only a `--target tensorrt` export has."""
+    return "tensorrt" if target == "tensorrt" else None
+
+
 def check_target(target: str | None, manifest: ArtifactManifest, source: Path) -> None:
-    """A TensorRT output needs plain graphs and the optimization profiles only the exporter can
-    compute."""
-    if target == "tensorrt" and manifest.target == "onnxruntime":
+    """Refuse a source whose export cannot give an output of `target` (`source_target`)."""
+    if source_target(target) is None:
+        return
+    if manifest.target == "onnxruntime":
         raise ConfigError("target", f"{str(source)!r} was exported for target 'onnxruntime': its decoder holds "
                                     "ONNX Runtime contrib ops (com.microsoft) that TensorRT cannot parse; "
                                     "re-export it with --target tensorrt")
-    if target == "tensorrt" and not (manifest.extra.get("tensorrt") or {}).get("profiles"):
+    if not (manifest.extra.get("tensorrt") or {}).get("profiles"):
         raise ConfigError("target", f"{str(source)!r} was exported for target {manifest.target!r} and has no "
                                     "'tensorrt.profiles'; re-export it with --target tensorrt")
 

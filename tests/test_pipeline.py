@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from rt2edge.artifact import MANIFEST_FILE
 from rt2edge.cli import app
 from rt2edge.pipeline.recipe import STAGES, load_recipe
 from rt2edge.pipeline.runner import DONE_FILE, run_pipeline
@@ -134,7 +135,7 @@ def test_a_trained_teacher_without_students_is_itself_deployed(tmp_path: Path) -
     recipe.write_text(textwrap.dedent(TINY).replace('preset = "student-s"', f'path = "{policy}"')
                       .replace('students = ["student-s"]', "students = []")
                       .replace('methods = ["int8-dynamic", "int4-matmulnbits"]',
-                               'methods = ["int8-qdq"]\nkeep_sensitive = 1'))
+                               'methods = ["int8-qdq", "int4-qdq"]\nkeep = ["head"]\nkeep_sensitive = 1'))
     root = tmp_path / "run"
     result = run_pipeline(load_recipe(recipe), root)
     assert result.ran == list(STAGES)
@@ -144,7 +145,15 @@ def test_a_trained_teacher_without_students_is_itself_deployed(tmp_path: Path) -
     assert outputs["teacher"] == {"checkpoint": str(policy), "trained": False}
     quantized = json.loads((root / "quantize" / "teacher-int8-qdq" / "quantize_report.json").read_text())
     assert len(quantized["details"]["kept_sensitive_layers"]) == 1
+    # keep = ["head"]: the vision tower is quantized too
+    assert quantized["details"]["kept_groups"] == ["head"]
+    assert quantized["details"]["graphs"]["vision"]["quantized_layers"] > 0
     rows = summary_rows(read_report(root / "bench" / "bench.json"))
+    # int4-qdq's output is for TensorRT: it reads a TensorRT-target export made for it, benched too
     assert [r["variant"] for r in rows] == ["tabletop-six-family/hf-generate", "teacher-fp32/runtime",
-                                            "teacher-int8-qdq/runtime"]
+                                            "teacher-fp32-tensorrt/runtime", "teacher-int8-qdq/runtime",
+                                            "teacher-int4-qdq/runtime"]
+    assert outputs["quantize"]["exports"] == {"teacher-fp32-tensorrt": "quantize/teacher-fp32-tensorrt"}
+    manifest = json.loads((root / "quantize" / "teacher-int4-qdq" / MANIFEST_FILE).read_text())
+    assert manifest["target"] == "tensorrt" and manifest["precision"] == "int4-qdq"
     assert next(r for r in rows if r["variant"] == "teacher-fp32/runtime")["token agr."] == "100.0%"

@@ -31,7 +31,10 @@ def test_default_recipe_loads_and_fast_shrinks_every_stage() -> None:
     assert recipe.name == "default" and not recipe.teacher.path
     assert {k: v for k, v in recipe.to_dict().items() if k in STAGES} == \
         {k: v for k, v in recipe_from_dict({}).to_dict().items() if k in STAGES}  # an empty recipe = default
-    assert recipe.quantize.methods == ["int8-dynamic", "int4-matmulnbits"]
+    assert recipe.quantize.methods == ["int8-dynamic", "int8-qdq", "int4-matmulnbits", "int4-qdq"]
+    from quantize.config import DEFAULT_KEEP
+
+    assert recipe.quantize.keep == list(DEFAULT_KEEP)  # the pipeline keeps what `rt2edge quantize` keeps
     fast = recipe.fast()
     assert set(FAST_OVERRIDES) == set(STAGES)
     for stage, values in FAST_OVERRIDES.items():
@@ -90,6 +93,8 @@ def test_yaml_recipe_equals_toml(tmp_path: Path) -> None:
 @pytest.mark.parametrize("stage, values, field", [
     ("quantize", {"methods": ["int3-magic"]}, "quantize.methods"),
     ("quantize", {"methods": ["bnb-nf4"], "keep_sensitive": 2}, "quantize.keep_sensitive"),  # ONNX methods' pass
+    ("quantize", {"keep": ["vision", "encoder"]}, "quantize.keep"),
+    ("quantize", {"keep": ["language"]}, "quantize.keep"),  # nothing left to quantize
     ("teacher", {"preset": "giant"}, "teacher.preset"),
     ("student", {"students": ["student-xl"]}, "student.students"),
     ("student", {"students": ["teacher"]}, "student.students"),  # would clash with the teacher's artifact

@@ -40,6 +40,12 @@ def check_names(recipe: Recipe) -> None:
     unknown = [m for m in recipe.quantize.methods if m not in methods]
     if unknown:
         raise ConfigError("quantize.methods", f"unknown methods {unknown}; known: {methods}")
+    from quantize.config import MODULE_GROUPS
+
+    unknown = [g for g in recipe.quantize.keep if g not in MODULE_GROUPS]
+    if unknown or "language" in recipe.quantize.keep:
+        raise ConfigError("quantize.keep", f"module groups to leave in fp32, from {list(MODULE_GROUPS)} but not "
+                                           f"'language' (nothing would be quantized); got {recipe.quantize.keep}")
     if recipe.quantize.keep_sensitive and not any(get_method(m).reads_artifact for m in recipe.quantize.methods):
         raise ConfigError("quantize.keep_sensitive", "the per-layer sensitivity pass is for the ONNX methods; "
                                                      f"{recipe.quantize.methods} are all bitsandbytes ones")

@@ -9,6 +9,7 @@ Folder layout under the run folder (what each stage returns as outputs, relative
     student/<name>                       distilled student checkpoints (distill.kd)
     export/<model>-fp32                  deploy artifacts of the teacher and the students (export)
     quantize/<model>-<method>            quantized artifacts of the deployed models (quantize)
+    quantize/<model>-fp32-tensorrt       the TensorRT-target export a TensorRT method (int4-qdq) reads
     bench/bench.json|.md|.html           the report (bench), fidelity vs the first deployed fp32 model
 The deployed models are the students; with `student.students = []` (a trained teacher of the
 user's own, `teacher.path`) the teacher itself is deployed and the runner skips the data, cache
@@ -137,9 +138,18 @@ def student(ctx: StageContext) -> dict[str, Any]:
     return {"students": students}
 
 
-def export(ctx: StageContext) -> dict[str, Any]:
+def _export_artifact(ctx: StageContext, checkpoint: Path, out: Path, target: str) -> str:
+    """`checkpoint` exported for `target` into `out` (kept from an interrupted earlier run)."""
     from export import ExportConfig, run
 
+    s = ctx.recipe.export
+    if not (out / ARTIFACT_MARKER).is_file():
+        run(ExportConfig(checkpoint=checkpoint, out=out, target=target, precision=s.precision,
+                         validate_frames=s.validate_frames))
+    return ctx.rel(out)
+
+
+def export(ctx: StageContext) -> dict[str, Any]:
     s = ctx.recipe.export
     _threads(ctx.recipe)
     models = {name: ctx.root / checkpoint for name, checkpoint in deployed(ctx).items()}
@@ -147,17 +157,14 @@ def export(ctx: StageContext) -> dict[str, Any]:
         models = {"teacher": ctx.root / ctx.outputs["teacher"]["checkpoint"], **models}
     artifacts: dict[str, str] = {}
     for i, (name, checkpoint) in enumerate(models.items(), start=1):
-        out = ctx.dir("export") / f"{name}-{s.precision}"
         ctx.status(f"exporting {name} ({i}/{len(models)})")
-        if not (out / ARTIFACT_MARKER).is_file():
-            run(ExportConfig(checkpoint=checkpoint, out=out, target=s.target, precision=s.precision,
-                             validate_frames=s.validate_frames))
-        artifacts[name] = ctx.rel(out)
+        artifacts[name] = _export_artifact(ctx, checkpoint, ctx.dir("export") / f"{name}-{s.precision}", s.target)
     return {"artifacts": artifacts}
 
 
 def quantize(ctx: StageContext) -> dict[str, Any]:
     from quantize import QuantizeConfig, run
+    from quantize.onnx_artifact import source_target
     from quantize.registry import get_method
 
     s = ctx.recipe.quantize
@@ -165,20 +172,31 @@ def quantize(ctx: StageContext) -> dict[str, Any]:
     artifacts = ctx.outputs["export"]["artifacts"]
     jobs = [(name, method) for name in models for method in s.methods]
     variants: dict[str, dict[str, str]] = {}
+    exports: dict[str, str] = {}  # fp32 exports for another target, made here for a method that needs one
     for i, (name, method) in enumerate(jobs, start=1):
         out = ctx.dir("quantize") / f"{name}-{method}"
         ctx.status(f"{method} on {name} ({i}/{len(jobs)})")
         # ONNX methods quantize the exported artifact, bitsandbytes ones the torch checkpoint
         # (the sensitivity pass that keeps layers in fp32 is the ONNX methods' own).
-        onnx = get_method(method).reads_artifact
+        spec = get_method(method)
+        onnx = spec.reads_artifact
         source = artifacts[name] if onnx else models[name]
+        # A method whose output is for TensorRT (int4-qdq) cannot read the fused ONNX Runtime
+        # export: it quantizes a TensorRT-target export of the same model, which bench runs too.
+        needed = source_target(spec.targets[0] if spec.targets else None) if onnx else None
+        if needed and needed != ctx.recipe.export.target:
+            key = f"{name}-{ctx.recipe.export.precision}-{needed}"
+            if key not in exports:
+                ctx.status(f"exporting {name} for target {needed} ({method} needs it)")
+                exports[key] = _export_artifact(ctx, ctx.root / models[name], ctx.dir("quantize") / key, needed)
+            source = exports[key]
         if not (out / QUANTIZE_MARKER).is_file():
-            run(QuantizeConfig(source=ctx.root / source, out=out, method=method,
+            run(QuantizeConfig(source=ctx.root / source, out=out, method=method, keep_groups=tuple(s.keep),
                                keep_sensitive=s.keep_sensitive if onnx else 0,
                                calibration_frames=s.calibration_frames, holdout_frames=s.holdout_frames,
                                seed=s.seed, threads=ctx.recipe.threads))
         variants[f"{name}-{method}"] = {"path": ctx.rel(out), "model": name, "method": method}
-    return {"variants": variants}
+    return {"variants": variants, "exports": exports}
 
 
 def bench(ctx: StageContext) -> dict[str, Any]:
@@ -189,6 +207,7 @@ def bench(ctx: StageContext) -> dict[str, Any]:
     artifacts = ctx.outputs["export"]["artifacts"]
     sources = [ctx.root / checkpoint for checkpoint in models.values()] if s.checkpoint_backends else []
     sources += [ctx.root / rel for rel in artifacts.values()]
+    sources += [ctx.root / rel for rel in ctx.outputs["quantize"].get("exports", {}).values()]
     sources += [ctx.root / v["path"] for v in ctx.outputs["quantize"]["variants"].values()]
     # Fidelity is measured against the first deployed model's fp32 artifact: what quantization must keep.
     reference = ctx.root / artifacts[next(iter(models))]
