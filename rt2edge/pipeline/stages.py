@@ -188,6 +188,7 @@ def quantize(ctx: StageContext) -> dict[str, Any]:
             key = f"{name}-{ctx.recipe.export.precision}-{needed}"
             if key not in exports:
                 ctx.status(f"exporting {name} for target {needed} ({method} needs it)")
+                _threads(ctx.recipe)
                 exports[key] = _export_artifact(ctx, ctx.root / models[name], ctx.dir("quantize") / key, needed)
             source = exports[key]
         if not (out / QUANTIZE_MARKER).is_file():
