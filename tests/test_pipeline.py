@@ -127,15 +127,24 @@ def test_changed_section_reruns_from_its_stage(tiny: tuple[Path, Path, str], tmp
     assert json.loads((root / "bench" / DONE_FILE).read_text())["how"] == "redo"
 
 
+POLICY = Path(__file__).resolve().parents[1] / "policies" / "tabletop-six-family"
+
+
+def deploy_recipe(tmp_path: Path, quantize: str, export: str = "") -> Path:
+    """TINY deploying the shipped policy itself, with these [quantize] and [export] lines."""
+    recipe = tmp_path / "deploy.toml"
+    recipe.write_text(textwrap.dedent(TINY).replace('preset = "student-s"', f'path = "{POLICY}"')
+                      .replace('students = ["student-s"]', "students = []")
+                      .replace('methods = ["int8-dynamic", "int4-matmulnbits"]', quantize)
+                      .replace("[export]\n", f"[export]\n{export}"))
+    return recipe
+
+
 def test_a_trained_teacher_without_students_is_itself_deployed(tmp_path: Path) -> None:
     """`student.students = []` with `teacher.path`: nothing is trained or distilled; the shipped
     policy is exported, quantized and benched, fidelity measured against its own fp32 artifact."""
-    policy = Path(__file__).resolve().parents[1] / "policies" / "tabletop-six-family"
-    recipe = tmp_path / "deploy.toml"
-    recipe.write_text(textwrap.dedent(TINY).replace('preset = "student-s"', f'path = "{policy}"')
-                      .replace('students = ["student-s"]', "students = []")
-                      .replace('methods = ["int8-dynamic", "int4-matmulnbits"]',
-                               'methods = ["int8-qdq", "int4-qdq"]\nkeep = ["head"]\nkeep_sensitive = 1'))
+    policy = POLICY
+    recipe = deploy_recipe(tmp_path, 'methods = ["int8-qdq", "int4-qdq"]\nkeep = ["head"]\nkeep_sensitive = 1')
     root = tmp_path / "run"
     result = run_pipeline(load_recipe(recipe), root)
     assert result.ran == list(STAGES)
@@ -157,3 +166,19 @@ def test_a_trained_teacher_without_students_is_itself_deployed(tmp_path: Path) -
     manifest = json.loads((root / "quantize" / "teacher-int4-qdq" / MANIFEST_FILE).read_text())
     assert manifest["target"] == "tensorrt" and manifest["precision"] == "int4-qdq"
     assert next(r for r in rows if r["variant"] == "teacher-fp32/runtime")["token agr."] == "100.0%"
+
+
+def test_a_tensorrt_export_is_quantized_as_it_is(tmp_path: Path) -> None:
+    """With `export.target = "tensorrt"` int4-qdq reads the export stage's own artifact: no second
+    export is made, and the quantized artifact is the TensorRT one."""
+    recipe = deploy_recipe(tmp_path, 'methods = ["int4-qdq"]', export='target = "tensorrt"\n')
+    root = tmp_path / "run"
+    run_pipeline(load_recipe(recipe).with_overrides({"bench": {"episodes": 0}}), root)
+    outputs = json.loads((root / "quantize" / DONE_FILE).read_text())["outputs"]
+    assert outputs["exports"] == {} and not (root / "quantize" / "teacher-fp32-tensorrt").exists()
+    config = json.loads((root / "quantize" / "teacher-int4-qdq" / "quantize_config.json").read_text())
+    assert Path(config["source"]) == root / "export" / "teacher-fp32"
+    assert json.loads((root / "quantize" / "teacher-int4-qdq" / MANIFEST_FILE).read_text())["target"] == "tensorrt"
+    rows = summary_rows(read_report(root / "bench" / "bench.json"))
+    assert [r["variant"] for r in rows] == ["tabletop-six-family/hf-generate", "teacher-fp32/runtime",
+                                            "teacher-int4-qdq/runtime"]

@@ -95,6 +95,7 @@ def test_yaml_recipe_equals_toml(tmp_path: Path) -> None:
     ("quantize", {"methods": ["bnb-nf4"], "keep_sensitive": 2}, "quantize.keep_sensitive"),  # ONNX methods' pass
     ("quantize", {"keep": ["vision", "encoder"]}, "quantize.keep"),
     ("quantize", {"keep": ["language"]}, "quantize.keep"),  # nothing left to quantize
+    ("export", {"precision": "fp16"}, "export.precision"),  # the ONNX methods quantize an fp32 export
     ("teacher", {"preset": "giant"}, "teacher.preset"),
     ("student", {"students": ["student-xl"]}, "student.students"),
     ("student", {"students": ["teacher"]}, "student.students"),  # would clash with the teacher's artifact

@@ -87,7 +87,7 @@ class ExportSection:
 @dataclass(frozen=True)
 class QuantizeSection:
     methods: list[str] = field(default_factory=lambda: ["int8-dynamic", "int8-qdq", "int4-matmulnbits", "int4-qdq"])
-    # module groups left in fp32 (quantize.config.MODULE_GROUPS); ["head"] also quantizes the vision tower
+    # module groups left unquantized (quantize.config.MODULE_GROUPS); ["head"] also quantizes vision + projector
     keep: list[str] = field(default_factory=lambda: ["vision", "projector", "head"])
     keep_sensitive: int = field(default=0, metadata=_num(0))  # ONNX methods: most sensitive layers kept fp32
     calibration_frames: int = field(default=16, metadata=_num(1))

@@ -9,7 +9,8 @@ Folder layout under the run folder (what each stage returns as outputs, relative
     student/<name>                       distilled student checkpoints (distill.kd)
     export/<model>-fp32                  deploy artifacts of the teacher and the students (export)
     quantize/<model>-<method>            quantized artifacts of the deployed models (quantize)
-    quantize/<model>-fp32-tensorrt       the TensorRT-target export a TensorRT method (int4-qdq) reads
+    quantize/<model>-fp32-tensorrt       the TensorRT-target export that int4-qdq reads, when the export
+                                         stage's target is another (re-made with the quantize stage)
     bench/bench.json|.md|.html           the report (bench), fidelity vs the first deployed fp32 model
 The deployed models are the students; with `student.students = []` (a trained teacher of the
 user's own, `teacher.path`) the teacher itself is deployed and the runner skips the data, cache
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rt2edge.artifact import MANIFEST_FILE
-from rt2edge.errors import ConfigError
+from rt2edge.errors import ConfigError, ExportValidationError
 from rt2edge.models.checkpoint import METADATA_FILE as CHECKPOINT_METADATA
 from rt2edge.pipeline.recipe import Recipe
 from rt2edge.pipeline.runner import PipelineInterrupted, StageContext
@@ -172,7 +173,7 @@ def quantize(ctx: StageContext) -> dict[str, Any]:
     artifacts = ctx.outputs["export"]["artifacts"]
     jobs = [(name, method) for name in models for method in s.methods]
     variants: dict[str, dict[str, str]] = {}
-    exports: dict[str, str] = {}  # fp32 exports for another target, made here for a method that needs one
+    exports: dict[str, str] = {}  # exports for another target, made here for a method that needs one
     for i, (name, method) in enumerate(jobs, start=1):
         out = ctx.dir("quantize") / f"{name}-{method}"
         ctx.status(f"{method} on {name} ({i}/{len(jobs)})")
@@ -181,15 +182,21 @@ def quantize(ctx: StageContext) -> dict[str, Any]:
         spec = get_method(method)
         onnx = spec.reads_artifact
         source = artifacts[name] if onnx else models[name]
-        # A method whose output is for TensorRT (int4-qdq) cannot read the fused ONNX Runtime
-        # export: it quantizes a TensorRT-target export of the same model, which bench runs too.
+        # A method whose output is for TensorRT (int4-qdq) needs the plain graphs and optimization
+        # profiles of a TensorRT-target export, which an "onnxruntime" (fused) or "onnx" export
+        # lacks: it quantizes a TensorRT-target export of the same model, which bench runs too.
         needed = source_target(spec.targets[0] if spec.targets else None) if onnx else None
         if needed and needed != ctx.recipe.export.target:
             key = f"{name}-{ctx.recipe.export.precision}-{needed}"
             if key not in exports:
                 ctx.status(f"exporting {name} for target {needed} ({method} needs it)")
                 _threads(ctx.recipe)
-                exports[key] = _export_artifact(ctx, ctx.root / models[name], ctx.dir("quantize") / key, needed)
+                try:
+                    exports[key] = _export_artifact(ctx, ctx.root / models[name], ctx.dir("quantize") / key, needed)
+                except ExportValidationError as exc:
+                    raise ConfigError("quantize.methods", f"{method} quantizes a {needed}-target export of {name}, "
+                                                          f"which failed ({exc}); drop {method} from the methods"
+                                      ) from exc
             source = exports[key]
         if not (out / QUANTIZE_MARKER).is_file():
             run(QuantizeConfig(source=ctx.root / source, out=out, method=method, keep_groups=tuple(s.keep),
