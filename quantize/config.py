@@ -30,6 +30,19 @@ CALIBRATE_METHODS = ("minmax", "percentile", "entropy")
 HOLDOUT_SEED_OFFSET = 1_000_000
 
 
+def check_keep_groups(value: Any, field: str = "keep_groups") -> tuple[str, ...]:
+    """The module groups to leave unquantized, in canonical order; ConfigError(`field`) for a
+    non-list, an unknown group, or 'language' (nothing would be left to quantize)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise ConfigError(field, f"must be a list of groups from {MODULE_GROUPS}, got {value!r}")
+    unknown = [g for g in value if g not in MODULE_GROUPS]
+    if unknown:
+        raise ConfigError(field, f"unknown module groups {unknown}; known: {MODULE_GROUPS}")
+    if "language" in value:
+        raise ConfigError(field, "keeping 'language' leaves nothing to quantize")
+    return tuple(g for g in MODULE_GROUPS if g in value)  # canonical order, no duplicates
+
+
 @dataclass
 class QuantizeConfig:
     """Args:
@@ -96,7 +109,7 @@ class QuantizeConfig:
             raise ConfigError("method", f"must be a method name, got {type(self.method).__name__}")
         method = get_method(self.method)
         self._check_method_options(method)
-        self.keep_groups = self._groups(self.keep_groups)
+        self.keep_groups = check_keep_groups(self.keep_groups)
         check_int("keep_sensitive", self.keep_sensitive, 0)
         if self.keep_sensitive and not method.reads_artifact:
             raise ConfigError("keep_sensitive", f"the per-layer sensitivity pass is for the ONNX methods; "
@@ -158,17 +171,6 @@ class QuantizeConfig:
         if not isinstance(value, (str, Path)) or not str(value):
             raise ConfigError(name, f"must be a folder path, got {value!r}")
         return Path(value)
-
-    @staticmethod
-    def _groups(value: Any) -> tuple[str, ...]:
-        if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
-            raise ConfigError("keep_groups", f"must be a list of groups from {MODULE_GROUPS}, got {value!r}")
-        unknown = [g for g in value if g not in MODULE_GROUPS]
-        if unknown:
-            raise ConfigError("keep_groups", f"unknown module groups {unknown}; known: {MODULE_GROUPS}")
-        if "language" in value:
-            raise ConfigError("keep_groups", "keeping 'language' leaves nothing to quantize")
-        return tuple(g for g in MODULE_GROUPS if g in value)  # canonical order, no duplicates
 
     # ------------------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:

@@ -40,19 +40,16 @@ def check_names(recipe: Recipe) -> None:
     unknown = [m for m in recipe.quantize.methods if m not in methods]
     if unknown:
         raise ConfigError("quantize.methods", f"unknown methods {unknown}; known: {methods}")
-    from quantize.config import MODULE_GROUPS
+    from quantize.config import check_keep_groups
 
-    unknown = [g for g in recipe.quantize.keep if g not in MODULE_GROUPS]
-    if unknown or "language" in recipe.quantize.keep:
-        raise ConfigError("quantize.keep", f"module groups to leave in fp32, from {list(MODULE_GROUPS)} but not "
-                                           f"'language' (nothing would be quantized); got {recipe.quantize.keep}")
+    check_keep_groups(recipe.quantize.keep, "quantize.keep")
     onnx_methods = [m for m in recipe.quantize.methods if get_method(m).reads_artifact]
     if onnx_methods and recipe.export.precision != "fp32":
         from quantize.onnx_artifact import SOURCE_PRECISIONS
 
         raise ConfigError("export.precision", f"the ONNX methods {onnx_methods} quantize an fp32 export "
                                               f"({list(SOURCE_PRECISIONS)}), got {recipe.export.precision!r}")
-    if recipe.quantize.keep_sensitive and not any(get_method(m).reads_artifact for m in recipe.quantize.methods):
+    if recipe.quantize.keep_sensitive and not onnx_methods:
         raise ConfigError("quantize.keep_sensitive", "the per-layer sensitivity pass is for the ONNX methods; "
                                                      f"{recipe.quantize.methods} are all bitsandbytes ones")
 
