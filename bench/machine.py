@@ -11,6 +11,9 @@ bandwidth for the same reason). Measurements:
   GEMM rate       ONNX Runtime CPU EP fp32 MatMul n x n x n with `threads` intra-op threads:
                   the engine that runs rt2edge artifacts; numpy's BLAS rate too (its thread
                   count is numpy's own, not `threads`)
+  int8 GEMM rate  ONNX Runtime MatMulInteger uint8 x int8 -> int32, n x n x n: the unit int8
+                  artifacts' matmuls run on (VNNI where the CPU has it, measured 3.8x fp32 on
+                  an EPYC); bounding int8 stages by the fp32 rate put them "above" the roofline
   per-op overhead ORT run of a chain of tiny Add nodes / number of nodes (the CPU EP's analogue of
                   a GPU kernel launch)
 
@@ -49,6 +52,7 @@ class MachineProfile:
     gemm_n: int
     seconds: float  # wall time the measurement took
     clock: str = "wall"  # what the probes were timed with: "process-cpu" (1 thread) or "wall"
+    ort_int8_gops: float = 0.0  # 0: not measured (reports written before the int8 probe)
 
     @property
     def bandwidth_gbs(self) -> float:
@@ -57,15 +61,17 @@ class MachineProfile:
 
     def as_device(self) -> DeviceProfile:
         """This machine as a DeviceProfile (ORT CPU fp32), so projections and roofline fractions
-        work on it like on a Jetson. fp16 / int8 are not measured and get the fp32 rate."""
+        work on it like on a Jetson. fp16 is not measured and gets the fp32 rate."""
         src = f"measured by bench.machine ({self.threads} thread(s), {self.cpu})"
         gemm = Figure(self.ort_gemm_gflops / 1e3, "measured", f"{src}: ORT fp32 MatMul {self.gemm_n}^3")
         untested = Figure(self.ort_gemm_gflops / 1e3, "estimate", "not measured: the fp32 ORT rate")
+        int8 = (Figure(self.ort_int8_gops / 1e3, "measured", f"{src}: ORT MatMulInteger u8 x s8 {self.gemm_n}^3")
+                if self.ort_int8_gops > 0 else untested)
         return DeviceProfile(
             key="this-machine", name=f"this machine ({self.cpu})", architecture=platform.machine(),
             power_mode="as found", memory_gb=Figure(_total_memory_gb(), "measured", src),
             memory_bandwidth_gbs=Figure(self.bandwidth_gbs, "measured", f"{src}: numpy copy / sum"),
-            fp16_tflops=untested, int8_tops=untested, fp32_tflops=gemm,
+            fp16_tflops=untested, int8_tops=int8, fp32_tflops=gemm,
             launch_overhead_us=Figure(max(self.op_overhead_us, 1e-3), "measured", f"{src}: ORT Add chain"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,14 +130,22 @@ def _ort_session(model_bytes: bytes, threads: int, optimize: bool):
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
-def _gemm_model(n: int) -> bytes:
+def _gemm_model(n: int, int8: bool = False) -> bytes:
+    """x @ w with a constant n x n weight: fp32 MatMul, or MatMulInteger (uint8 activations x
+    int8 weights, the pairing ONNX Runtime's quantizers emit) when `int8`."""
     require("onnx", extra="toolkit", purpose="building the GEMM probe graph")
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], [weight])
+    rng = np.random.default_rng(0)
+    if int8:
+        weight = numpy_helper.from_array(rng.integers(-127, 128, (n, n)).astype(np.int8), "w")
+        op, x_type, y_type = "MatMulInteger", TensorProto.UINT8, TensorProto.INT32
+    else:
+        weight = numpy_helper.from_array(rng.standard_normal((n, n), np.float32), "w")
+        op, x_type, y_type = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", x_type, [n, n])],
+                              [helper.make_tensor_value_info("y", y_type, [n, n])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     return model.SerializeToString()
@@ -170,9 +184,12 @@ def measure_machine(threads: int = 1, budget_s: float = 4.0, buffer_mb: int = 12
 
     x = np.random.default_rng(1).standard_normal((gemm_n, gemm_n), np.float32)
     session = _ort_session(_gemm_model(gemm_n), threads, optimize=True)
-    ort_s = best_time(lambda: session.run(None, {"x": x}), 25, time.perf_counter() + share / 2, clock)
+    ort_s = best_time(lambda: session.run(None, {"x": x}), 25, time.perf_counter() + share / 3, clock)
+    x8 = np.random.default_rng(1).integers(0, 256, (gemm_n, gemm_n)).astype(np.uint8)
+    session8 = _ort_session(_gemm_model(gemm_n, int8=True), threads, optimize=True)
+    int8_s = best_time(lambda: session8.run(None, {"x": x8}), 25, time.perf_counter() + share / 3, clock)
     w = np.asarray(x.T, order="C")
-    np_s = best_time(lambda: x @ w, 25, time.perf_counter() + share / 2, clock)  # BLAS: 1 thread under OMP=1
+    np_s = best_time(lambda: x @ w, 25, time.perf_counter() + share / 3, clock)  # BLAS: 1 thread under OMP=1
 
     chain = _ort_session(_add_chain_model(chain_nodes), threads, optimize=False)
     small = np.zeros((1, 16), np.float32)
@@ -184,4 +201,5 @@ def measure_machine(threads: int = 1, budget_s: float = 4.0, buffer_mb: int = 12
         cpu=_cpu_name(), threads=threads, copy_bandwidth_gbs=2 * nbytes / copy_s / 1e9,
         read_bandwidth_gbs=nbytes / read_s / 1e9, ort_gemm_gflops=flops / ort_s / 1e9,
         numpy_gemm_gflops=flops / np_s / 1e9, op_overhead_us=chain_s / chain_nodes * 1e6,
-        buffer_mb=buffer_mb, gemm_n=gemm_n, seconds=time.perf_counter() - start, clock=clock_name)
+        buffer_mb=buffer_mb, gemm_n=gemm_n, seconds=time.perf_counter() - start, clock=clock_name,
+        ort_int8_gops=flops / int8_s / 1e9)

@@ -2,7 +2,8 @@
 
 Per runtime stage (vision, prefill, decode = all decoder runs after the prefill):
 
-  bound_s     = max(flops / peak GEMM rate, bytes / bandwidth at the stage's working-set size)
+  bound_s     = max(flops / peak GEMM rate of the stage's math unit (fp32, or int8 where its graph
+                is quantized), bytes / bandwidth at the stage's working-set size)
   overhead_s  = kernels x per-op cost  (+ session.run fixed and per-tensor cost, ONNX Runtime)
   fraction               = bound_s / measured median           (1.0 = at the roofline)
   fraction_with_overhead = (bound_s + overhead_s) / measured   (what is left once the dispatch
@@ -102,6 +103,20 @@ def ort_kernel_count(graph: Path, threads: int = 1) -> int:
         return len(onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node)
 
 
+def graph_compute(manifest: Any, graph: str) -> str:
+    """The math unit (fp32 / fp16 / int8) one graph of an artifact runs its matmuls on. A quantized
+    artifact lists the graphs it quantized (manifest "quantization.graphs"); the others keep the
+    source's precision (the deploy recipe keeps the vision tower fp32). A quantized graph with a
+    few layers kept in float is bounded by its quantized unit: the faster rate keeps the bound a
+    lower bound."""
+    quantization = (manifest.extra or {}).get("quantization") or {}
+    quantized = quantization.get("graphs")
+    if quantized is not None and graph not in quantized:
+        source = (manifest.extra.get("provenance") or {}).get("source_precision") or "fp32"
+        return get_precision(compute_class(source)).compute
+    return get_precision(compute_class(manifest.precision)).compute
+
+
 def _io(spec: Any) -> tuple[int, list]:
     return len(spec.inputs) + len(spec.outputs), spec.outputs
 
@@ -116,7 +131,6 @@ def artifact_stage_costs(folder: Path, manifest: Any, prompt_tokens: int, thread
     from bench.onnx_costs import onnx_graph_cost
 
     model = manifest.model
-    cls = get_precision(compute_class(manifest.precision)).compute  # the math unit: fp32 / fp16 / int8
     act_bytes = 4  # graph IO is float32 at every precision (docs/artifact-format.md)
     kv_row = model.num_layers * 2 * model.num_kv_heads * model.head_dim * act_bytes
     hidden = model.hidden_size
@@ -128,7 +142,7 @@ def artifact_stage_costs(folder: Path, manifest: Any, prompt_tokens: int, thread
     n_image = manifest.prompt_format().num_image_tokens
     costs = [StageCost("vision", n_image, n_image, vision.flops, vision.weight_bytes, 0.0,
                        float((3 * size * size + n_image * hidden) * act_bytes),
-                       ort_kernel_count(vision_graph, threads), cls)]
+                       ort_kernel_count(vision_graph, threads), graph_compute(manifest, "vision"))]
     decoder_kernels = ort_kernel_count(decoder_graph, threads)
     prefix = prompt_tokens if model.prefix_lm else 0
     runs = [("prefill", prompt_tokens - cached_prefix_tokens, cached_prefix_tokens)]
@@ -149,7 +163,7 @@ def artifact_stage_costs(folder: Path, manifest: Any, prompt_tokens: int, thread
         # The graph reads the cached keys/values and writes present = past + new (a Concat).
         kv = kv_row * (past + past + new) if cached else 0
         costs.append(StageCost(stage, new, past + new, cost.flops, cost.weight_bytes, float(kv), float(io),
-                               decoder_kernels, cls))
+                               decoder_kernels, graph_compute(manifest, "decoder")))
     return costs, tensors
 
 
@@ -179,11 +193,13 @@ def checkpoint_stage_costs(hf_config: Mapping[str, Any], tokens_per_action: int,
 
 
 # ------------------------------------------------------------------------------ bounds
-def stage_bounds(costs: list[StageCost], measured: Mapping[str, float | None], peak_flops: float,
-                 bandwidth_at: Callable[[float], float], overhead: OverheadModel,
-                 tensors: Mapping[str, int] | None = None,
+def stage_bounds(costs: list[StageCost], measured: Mapping[str, float | None],
+                 peak_flops: Callable[[str], float], bandwidth_at: Callable[[float], float],
+                 overhead: OverheadModel, tensors: Mapping[str, int] | None = None,
                  include_activations: bool = False) -> dict[str, StageBound]:
     """Bounds per runtime stage (decode.k summed into decode, each run with its own bandwidth).
+    `peak_flops(compute)`: the machine's rate of a math unit (DeviceProfile.peak_flops), taken per
+    stage, so an fp32 vision tower next to an int8 decoder gets each its own bound.
     `include_activations` False: bytes = weights + KV (+ IO, in activation_bytes of ONNX costs)."""
     tensors = tensors or {}
     out: dict[str, StageBound] = {}
@@ -195,9 +211,10 @@ def stage_bounds(costs: list[StageCost], measured: Mapping[str, float | None], p
         bw = bandwidth_at(moved)
         graph = "vision" if stage == "vision" else "decoder"
         extra = overhead.seconds(cost.kernels, 1, tensors.get(graph, 0))
-        b = out.setdefault(stage, StageBound(stage, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, peak_flops / 1e9,
+        peak = peak_flops(cost.compute)
+        b = out.setdefault(stage, StageBound(stage, 0, 0.0, 0.0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, peak / 1e9,
                                              measured.get(stage)))
-        compute_s, memory_s = cost.flops / peak_flops, moved / bw
+        compute_s, memory_s = cost.flops / peak, moved / bw
         b.runs += 1
         b.flops += cost.flops
         b.bytes += moved

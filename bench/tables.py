@@ -86,21 +86,22 @@ def stage_table(report: Mapping[str, Any]) -> Table:
 def roofline_table(report: Mapping[str, Any]) -> Table:
     m = report["machine"]
     t = Table("roofline", "Roofline per stage on this machine",
-              ["variant", "stage", "runs", "MFLOP", "MB moved", "limit", "GB/s used", "bound ms", "overhead ms",
-               "measured ms", "of roofline", "of roofline + overhead", "kernels"],
-              note=(f"Bound = max(FLOPs / {m['ort_gemm_gflops']:.0f} GFLOP/s (ORT GEMM, measured), bytes / "
+              ["variant", "stage", "runs", "MFLOP", "MB moved", "limit", "peak GOP/s", "GB/s used", "bound ms",
+               "overhead ms", "measured ms", "of roofline", "of roofline + overhead", "kernels"],
+              note=(f"Bound = max(FLOPs / the peak of the stage's math unit ({_peaks(m)}), bytes / "
                     "copy bandwidth measured at the stage's working-set size). Bytes = weights + KV cache "
                     "(+ graph IO), no intermediate activations: a lower bound. Overhead = kernels x "
                     "per-op cost (+ session.run cost per run for ONNX Runtime), measured on this machine."))
     for v in report["variants"]:
         for name, b in v["roofline"]["stages"].items():
             t.rows.append([v["label"], name, str(b["runs"]), f"{b['flops'] / 1e6:.1f}", f"{b['bytes'] / 1e6:.2f}",
-                           b["limit"], f"{b['bandwidth_gbs']:.0f}", ms(b["bound_s"]), ms(b["overhead_s"]),
+                           b["limit"], f"{b['peak_gflops']:.0f}", f"{b['bandwidth_gbs']:.0f}", ms(b["bound_s"]),
+                           ms(b["overhead_s"]),
                            ms(b["measured_s"]), pct(b["fraction"]), pct(b["fraction_with_overhead"]),
                            str(b["kernels"])])
         total = v["roofline"].get("total") or {}
         if total:
-            t.rows.append([v["label"], "all of the above", "", "", "", "", "", ms(total["bound_s"]),
+            t.rows.append([v["label"], "all of the above", "", "", "", "", "", "", ms(total["bound_s"]),
                            ms(total["overhead_s"]), ms(total["measured_s"]), pct(total["fraction"]),
                            pct(total["fraction_with_overhead"]), ""])
     return t
@@ -152,6 +153,12 @@ def accuracy_table(report: Mapping[str, Any]) -> Table | None:
     return t
 
 
+def _peaks(machine: Mapping[str, Any]) -> str:
+    fp32 = f"fp32 {machine['ort_gemm_gflops']:.0f} GFLOP/s ORT MatMul"
+    int8 = machine.get("ort_int8_gops") or 0.0
+    return f"{fp32}, int8 {int8:.0f} GOP/s ORT MatMulInteger; measured" if int8 else f"{fp32}, measured"
+
+
 def machine_table(report: Mapping[str, Any]) -> Table:
     m = report["machine"]
     run = m.get("session_run_overhead") or {}
@@ -161,6 +168,7 @@ def machine_table(report: Mapping[str, Any]) -> Table:
              if m.get("clock") == "process-cpu" else "wall time"],
             ["DRAM copy / read bandwidth GB/s", f"{m['copy_bandwidth_gbs']:.1f} / {m['read_bandwidth_gbs']:.1f}"],
             ["ORT / numpy fp32 GEMM GFLOP/s", f"{m['ort_gemm_gflops']:.1f} / {m['numpy_gemm_gflops']:.1f}"],
+            ["ORT int8 GEMM GOP/s (MatMulInteger u8 x s8)", fmt(m.get("ort_int8_gops") or None)],
             ["ORT per-op overhead us", f"{m['op_overhead_us']:.2f}"],
             ["ORT session.run fixed / per-tensor-pair us",
              f"{run.get('fixed_us', 0):.2f} / {run.get('per_tensor_us', 0):.2f}"],

@@ -126,7 +126,6 @@ def variant_roofline(run: VariantRun, costs: CostBreakdown, tensors: dict[str, i
                      machine: MachineProfile, bandwidth_at: BandwidthAtSize, run_overhead: RunOverhead,
                      torch_op_us: float | None) -> dict[str, Any]:
     device = machine.as_device()
-    peak = device.peak_flops(costs.stages[0].compute)
     if cost_source == "onnx":
         overhead = OverheadModel(machine.op_overhead_us, run_overhead,
                                  "nodes of ONNX Runtime's optimized graphs (measured)")
@@ -134,7 +133,7 @@ def variant_roofline(run: VariantRun, costs: CostBreakdown, tensors: dict[str, i
         overhead = OverheadModel(torch_op_us or 0.0, None,
                                  "unfused per-layer op count of bench/costs.py (an estimate); "
                                  "per-op cost of a tiny eager torch op (measured)")
-    bounds = stage_bounds(costs.stages, measured_stage_medians(run.timing), peak, bandwidth_at, overhead,
+    bounds = stage_bounds(costs.stages, measured_stage_medians(run.timing), device.peak_flops, bandwidth_at, overhead,
                           tensors)
     return {"cost_source": cost_source, "kernels_source": overhead.kernels_source,
             "per_op_us": overhead.per_op_us,

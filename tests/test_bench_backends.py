@@ -97,9 +97,13 @@ def test_machine_probe_is_quick_and_positive():
     m = measure_machine(threads=1, budget_s=1.0, buffer_mb=16, gemm_n=128, chain_nodes=20)
     assert m.seconds < 5.0
     for value in (m.copy_bandwidth_gbs, m.read_bandwidth_gbs, m.ort_gemm_gflops, m.numpy_gemm_gflops,
-                  m.op_overhead_us):
+                  m.op_overhead_us, m.ort_int8_gops):
         assert value > 0
-    assert m.as_device().peak_flops("fp32") == pytest.approx(m.ort_gemm_gflops * 1e9)
+    device = m.as_device()
+    assert device.peak_flops("fp32") == pytest.approx(m.ort_gemm_gflops * 1e9)
+    # int8 stages are bounded by the measured MatMulInteger rate, not the fp32 one
+    assert device.peak_flops("int8") == pytest.approx(m.ort_int8_gops * 1e9)
+    assert device.int8_tops.status == "measured" and device.fp16_tflops.status == "estimate"
     json.dumps(m.to_dict())
     with pytest.raises(ConfigError, match="threads"):
         measure_machine(threads=0)

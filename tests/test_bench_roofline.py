@@ -9,7 +9,7 @@ import pytest
 from bench.costs import StageCost
 from bench.overheads import BandwidthAtSize, RunOverhead, measure_run_overhead
 from bench.roofline import (OverheadModel, artifact_stage_costs, compute_class, convention_kernels,
-                            ort_kernel_count, roofline_summary, stage_bounds)
+                            graph_compute, ort_kernel_count, roofline_summary, stage_bounds)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_bounds_add_up_per_run():
              StageCost("decode.2", 1, 22, 1e6, 4e6, 3e5, 0, 50, "fp32")]
     overhead = OverheadModel(per_op_us=1.0, run=RunOverhead(fixed_us=5.0, per_tensor_us=1.0), kernels_source="test")
     measured = {"vision": 0.04, "prefill": 0.01, "decode": 0.004}
-    bounds = stage_bounds(costs, measured, peak_flops=1e11, bandwidth_at=lambda n: 1e10, overhead=overhead,
+    bounds = stage_bounds(costs, measured, peak_flops=lambda unit: 1e11, bandwidth_at=lambda n: 1e10, overhead=overhead,
                           tensors={"vision": 2, "decoder": 12})
     assert set(bounds) == {"vision", "prefill", "decode"}
     v, d = bounds["vision"], bounds["decode"]
@@ -75,9 +75,38 @@ def test_bounds_add_up_per_run():
     assert total["fraction"] == pytest.approx(sum(b.bound_s for b in bounds.values()) / 0.054)
 
 
+def test_each_stage_is_bounded_by_its_own_math_unit():
+    """An int8 decoder next to an fp32 vision tower: each stage's compute bound uses the peak of
+    the unit its matmuls run on (a single fp32 peak put int8 prefills "above" the roofline)."""
+    costs = [StageCost("vision", 4, 4, 2e9, 1e6, 0, 0, 10, "fp32"),
+             StageCost("prefill", 20, 20, 2e9, 1e6, 0, 0, 50, "int8")]
+    peaks = {"fp32": 1e11, "int8": 4e11}
+    bounds = stage_bounds(costs, {"vision": 0.04, "prefill": 0.01}, peaks.__getitem__, lambda n: 1e10,
+                          OverheadModel(0.0, None, "none"))
+    assert bounds["vision"].bound_s == pytest.approx(0.02) and bounds["vision"].peak_gflops == 100
+    assert bounds["prefill"].bound_s == pytest.approx(0.005) and bounds["prefill"].peak_gflops == 400
+    assert bounds["prefill"].fraction == pytest.approx(0.5)
+
+
+def test_a_quantized_artifact_keeps_its_float_graphs_float():
+    from types import SimpleNamespace
+
+    def manifest(precision, graphs=None, source="fp32"):
+        extra = {} if graphs is None else {"quantization": {"graphs": graphs},
+                                          "provenance": {"source_precision": source}}
+        return SimpleNamespace(precision=precision, extra=extra)
+
+    deploy = manifest("int8-qdq", {"decoder": {}})  # vision kept (quantize keep_groups)
+    assert graph_compute(deploy, "vision") == "fp32" and graph_compute(deploy, "decoder") == "int8"
+    everything = manifest("int8-dynamic", {"vision": {}, "decoder": {}})
+    assert graph_compute(everything, "vision") == "int8"
+    assert graph_compute(manifest("fp16"), "vision") == "fp16"  # not quantized: its own precision
+    assert graph_compute(manifest("int8-qdq", {"decoder": {}}, source="fp16"), "vision") == "fp16"
+
+
 def test_a_stage_without_a_measurement_has_no_fraction():
     costs = [StageCost("prefill", 20, 20, 1e8, 4e6, 0, 0, 50, "fp32")]
-    bounds = stage_bounds(costs, {}, 1e11, lambda n: 1e10, OverheadModel(0.0, None, "none"))
+    bounds = stage_bounds(costs, {}, lambda unit: 1e11, lambda n: 1e10, OverheadModel(0.0, None, "none"))
     assert bounds["prefill"].fraction is None and roofline_summary(bounds) == {}
 
 
