@@ -16,13 +16,12 @@ An artifact whose prompt is not instruction-first gets no cache (both columns ar
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
+from act_loop_args import parse_act_loop_args
 from bench.observations import simulator_observations
 from rt2edge.runtime import Policy
 
@@ -30,14 +29,7 @@ BLOCK = 20
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("artifact", type=Path)
-    parser.add_argument("--acts", type=int, default=600, help="timed acts per policy")
-    parser.add_argument("--frames", type=int, default=60, help="control-loop frames, cycled")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    if args.acts < BLOCK or args.frames < 1 or args.threads < 1:
-        parser.error(f"--acts must be >= {BLOCK}, --frames and --threads >= 1")
+    args = parse_act_loop_args(__doc__, "timed acts per policy", min_acts=BLOCK)
     policies = {name: Policy.load(args.artifact, providers=["cpu"], num_threads=args.threads, warmup=5,
                                   prefix_cache_size=size) for name, size in (("cache", 2), ("whole", 0))}
     frames = simulator_observations(args.frames, policies["cache"].preprocessing.size, seed=0)

@@ -21,7 +21,6 @@ in both (the unrolled graph here prefills the whole prompt).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import tempfile
@@ -32,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from act_loop_args import parse_act_loop_args
 from bench.observations import simulator_observations
 from rt2edge.artifact import cache_names
 from rt2edge.runtime import Policy
@@ -114,14 +114,7 @@ def prompt_feeds(policy: Policy, image: np.ndarray, text: str) -> dict[str, np.n
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("artifact", type=Path)
-    parser.add_argument("--acts", type=int, default=600, help="timed acts per path")
-    parser.add_argument("--frames", type=int, default=60, help="control-loop frames, cycled")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    if args.acts < 1 or args.frames < 1 or args.threads < 1:
-        parser.error("--acts, --frames and --threads must be >= 1")
+    args = parse_act_loop_args(__doc__, "timed acts per path")
     policy = Policy.load(args.artifact, providers=["cpu"], num_threads=args.threads, warmup=5, prefix_cache_size=0)
     session, nodes = whole_action_session(policy, args.artifact, args.threads)
     frames = simulator_observations(args.frames, policy.preprocessing.size, seed=0)
