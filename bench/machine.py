@@ -12,7 +12,7 @@ bandwidth for the same reason). Measurements:
                   the engine that runs rt2edge artifacts; numpy's BLAS rate too (its thread
                   count is numpy's own, not `threads`)
   int8 GEMM rate  ONNX Runtime MatMulInteger uint8 x int8 -> int32, n x n x n: the unit int8
-                  artifacts' matmuls run on (VNNI where the CPU has it, measured 3.8x fp32 on
+                  artifacts' matmuls run on (VNNI where the CPU has it; 3.9x the fp32 rate on
                   an EPYC); bounding int8 stages by the fp32 rate put them "above" the roofline
   per-op overhead ORT run of a chain of tiny Add nodes / number of nodes (the CPU EP's analogue of
                   a GPU kernel launch)
@@ -60,7 +60,7 @@ class MachineProfile:
         return max(self.copy_bandwidth_gbs, self.read_bandwidth_gbs)
 
     def as_device(self) -> DeviceProfile:
-        """This machine as a DeviceProfile (ORT CPU fp32), so projections and roofline fractions
+        """This machine as a DeviceProfile (ORT CPU: fp32 and int8 rates), so projections and roofline fractions
         work on it like on a Jetson. fp16 is not measured and gets the fp32 rate."""
         src = f"measured by bench.machine ({self.threads} thread(s), {self.cpu})"
         gemm = Figure(self.ort_gemm_gflops / 1e3, "measured", f"{src}: ORT fp32 MatMul {self.gemm_n}^3")

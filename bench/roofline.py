@@ -103,18 +103,22 @@ def ort_kernel_count(graph: Path, threads: int = 1) -> int:
         return len(onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node)
 
 
-def graph_compute(manifest: Any, graph: str) -> str:
-    """The math unit (fp32 / fp16 / int8) one graph of an artifact runs its matmuls on. A quantized
+def graph_precision(manifest: Any, graph: str) -> str:
+    """The rt2edge precision name (compute_class) of one graph of an artifact. A quantized
     artifact lists the graphs it quantized (manifest "quantization.graphs"); the others keep the
-    source's precision (the deploy recipe keeps the vision tower fp32). A quantized graph with a
-    few layers kept in float is bounded by its quantized unit: the faster rate keeps the bound a
-    lower bound."""
-    quantization = (manifest.extra or {}).get("quantization") or {}
-    quantized = quantization.get("graphs")
+    source's precision (the deploy recipe keeps the vision tower fp32)."""
+    extra = manifest.extra or {}
+    quantized = (extra.get("quantization") or {}).get("graphs")
     if quantized is not None and graph not in quantized:
-        source = (manifest.extra.get("provenance") or {}).get("source_precision") or "fp32"
-        return get_precision(compute_class(source)).compute
-    return get_precision(compute_class(manifest.precision)).compute
+        return compute_class((extra.get("provenance") or {}).get("source_precision") or "fp32")
+    return compute_class(manifest.precision)
+
+
+def graph_compute(manifest: Any, graph: str) -> str:
+    """The math unit (fp32 / fp16 / int8) one graph's matmuls run on. A quantized graph with a few
+    layers kept in float is bounded by its quantized unit: the faster rate keeps the bound a
+    lower bound."""
+    return get_precision(graph_precision(manifest, graph)).compute
 
 
 def _io(spec: Any) -> tuple[int, list]:

@@ -83,6 +83,12 @@ def stage_table(report: Mapping[str, Any]) -> Table:
     return t
 
 
+def _peaks(machine: Mapping[str, Any]) -> str:
+    fp32 = f"fp32 {machine['ort_gemm_gflops']:.0f} GFLOP/s ORT MatMul"
+    int8 = machine.get("ort_int8_gops") or 0.0
+    return f"{fp32}, int8 {int8:.0f} GOP/s ORT MatMulInteger; measured" if int8 else f"{fp32}, measured"
+
+
 def roofline_table(report: Mapping[str, Any]) -> Table:
     m = report["machine"]
     t = Table("roofline", "Roofline per stage on this machine",
@@ -153,12 +159,6 @@ def accuracy_table(report: Mapping[str, Any]) -> Table | None:
     return t
 
 
-def _peaks(machine: Mapping[str, Any]) -> str:
-    fp32 = f"fp32 {machine['ort_gemm_gflops']:.0f} GFLOP/s ORT MatMul"
-    int8 = machine.get("ort_int8_gops") or 0.0
-    return f"{fp32}, int8 {int8:.0f} GOP/s ORT MatMulInteger; measured" if int8 else f"{fp32}, measured"
-
-
 def machine_table(report: Mapping[str, Any]) -> Table:
     m = report["machine"]
     run = m.get("session_run_overhead") or {}
@@ -168,7 +168,8 @@ def machine_table(report: Mapping[str, Any]) -> Table:
              if m.get("clock") == "process-cpu" else "wall time"],
             ["DRAM copy / read bandwidth GB/s", f"{m['copy_bandwidth_gbs']:.1f} / {m['read_bandwidth_gbs']:.1f}"],
             ["ORT / numpy fp32 GEMM GFLOP/s", f"{m['ort_gemm_gflops']:.1f} / {m['numpy_gemm_gflops']:.1f}"],
-            ["ORT int8 GEMM GOP/s (MatMulInteger u8 x s8)", fmt(m.get("ort_int8_gops") or None)],
+            ["ORT int8 GEMM GOP/s (MatMulInteger u8 x s8)",
+             f"{m['ort_int8_gops']:.1f}" if m.get("ort_int8_gops") else "-"],
             ["ORT per-op overhead us", f"{m['op_overhead_us']:.2f}"],
             ["ORT session.run fixed / per-tensor-pair us",
              f"{run.get('fixed_us', 0):.2f} / {run.get('per_tensor_us', 0):.2f}"],

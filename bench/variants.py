@@ -19,7 +19,7 @@ from bench.machine import MachineProfile
 from bench.memory import MemoryWindow, PeakMemory
 from bench.overheads import BandwidthAtSize, RunOverhead
 from bench.roofline import (OverheadModel, artifact_stage_costs, checkpoint_stage_costs, compute_class,
-                            convention_kernels, roofline_summary, stage_bounds)
+                            convention_kernels, graph_precision, roofline_summary, stage_bounds)
 from bench.sources import Variant
 from bench.timing import ControlLoopTimer, TimingReport, time_policy
 
@@ -106,7 +106,7 @@ def variant_costs(run: VariantRun, prompt_tokens: int, threads: int,
         full_kv = model.num_layers * 2 * model.num_kv_heads * model.head_dim * 4 * (
             prompt_tokens + tokenizer.tokens_per_action)
         costs = CostBreakdown(model=run.variant.label, precision=compute_class(manifest.precision),
-                              vision_precision=compute_class(manifest.precision),
+                              vision_precision=graph_precision(manifest, "vision"),
                               text_tokens=prompt_tokens - prompt.num_image_tokens, prompt_tokens=prompt_tokens,
                               head="action", head_rows=tokenizer.n_bins,
                               resident_bytes=float(source.size_bytes() + full_kv), stages=stages)

@@ -8,8 +8,9 @@ into the next copy, so a greedy action is one `session.run`: no per-token sessio
 round trip through numpy, no Python between tokens. It checks that both give the same bins on
 every frame, then times them, alternating act by act:
 
-  stepwise  the runtime's prefill + decode stages (timing["prefill"] + timing["decode"], wall)
-  whole     the unrolled graph's session.run on the same prompt embeddings (wall)
+  stepwise  the runtime's prefill + decode stages (timing["prefill"] + timing["decode"], wall;
+            they include concatenating the prompt, a few us)
+  whole     the unrolled graph's session.run on the same prompt embeddings (wall), built before
 
 It also reports how much of an act the runtime spends outside ONNX Runtime (Python and numpy;
 thread CPU time of `act` minus that of its graph runs).
@@ -36,7 +37,6 @@ from bench.observations import simulator_observations
 from rt2edge.artifact import cache_names
 from rt2edge.runtime import Policy
 from rt2edge.runtime.backends import BackendOptions, _session_options
-
 
 
 def whole_action_graph(decoder: onnx.ModelProto, bin_embeds: np.ndarray, tokens: int, layers: int) -> onnx.ModelProto:
@@ -92,7 +92,7 @@ def whole_action_session(policy: Policy, artifact: Path, threads: int):
     decoder = onnx.load(str(artifact / manifest.graphs["decoder"].file))
     model = whole_action_graph(decoder, policy._bin_embeds[:, 0, 0, :], policy.action_tokenizer.tokens_per_action,
                                manifest.model.num_layers)
-    with tempfile.TemporaryDirectory() as tmp:  # a file: the graph can pass protobuf's 2 GB only there
+    with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "whole_action.onnx"
         onnx.save(model, str(path))
         # the runtime's session options (private, on purpose: the comparison is with its sessions)
@@ -121,7 +121,7 @@ def main() -> None:
 
     # the runtime's time outside ONNX Runtime: every graph run goes through these runners
     in_ort = [0.0]
-    for runner in (policy._vision, policy._decoder):
+    for runner in (policy._vision, policy._embed, policy._decoder):
         def timed(feeds, outputs, _run=runner.run):
             start = time.thread_time()
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,10 @@ def test_machine_probe_is_quick_and_positive():
     # int8 stages are bounded by the measured MatMulInteger rate, not the fp32 one
     assert device.peak_flops("int8") == pytest.approx(m.ort_int8_gops * 1e9)
     assert device.int8_tops.status == "measured" and device.fp16_tflops.status == "estimate"
+    assert 0.1 < m.ort_int8_gops / m.ort_gemm_gflops < 20  # same units: a GOP/s vs TOP/s slip fails
+    # a report written before the int8 probe: int8 falls back to the fp32 rate, as an estimate
+    old = replace(m, ort_int8_gops=0.0).as_device()
+    assert old.peak_flops("int8") == old.peak_flops("fp32") and old.int8_tops.status == "estimate"
     json.dumps(m.to_dict())
     with pytest.raises(ConfigError, match="threads"):
         measure_machine(threads=0)
