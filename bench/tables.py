@@ -102,9 +102,8 @@ def roofline_table(report: Mapping[str, Any]) -> Table:
         for name, b in v["roofline"]["stages"].items():
             t.rows.append([v["label"], name, str(b["runs"]), f"{b['flops'] / 1e6:.1f}", f"{b['bytes'] / 1e6:.2f}",
                            b["limit"], f"{b['peak_gflops']:.0f}", f"{b['bandwidth_gbs']:.0f}", ms(b["bound_s"]),
-                           ms(b["overhead_s"]),
-                           ms(b["measured_s"]), pct(b["fraction"]), pct(b["fraction_with_overhead"]),
-                           str(b["kernels"])])
+                           ms(b["overhead_s"]), ms(b["measured_s"]), pct(b["fraction"]),
+                           pct(b["fraction_with_overhead"]), str(b["kernels"])])
         total = v["roofline"].get("total") or {}
         if total:
             t.rows.append([v["label"], "all of the above", "", "", "", "", "", "", ms(total["bound_s"]),

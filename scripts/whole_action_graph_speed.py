@@ -102,15 +102,12 @@ def whole_action_session(policy: Policy, artifact: Path, threads: int):
 
 
 def prompt_feeds(policy: Policy, image: np.ndarray, text: str) -> dict[str, np.ndarray]:
-    """The whole prompt's embeddings (as `act` builds them) and an empty cache."""
-    model = policy.manifest.model
+    """The whole prompt's embeddings (as `act` builds them) and the runtime's empty cache."""
     before, after = policy._text.embeds(text)
     pixels = policy.preprocessing(np.asarray(image)[None])
     image_embeds = policy._vision.run({"pixel_values": pixels}, ["image_embeds"])[0].astype(np.float32)
-    empty = np.zeros((1, model.num_kv_heads, 0, model.head_dim), np.float32)
     return {"inputs_embeds": np.concatenate([before, image_embeds, after], axis=1),
-            "past_length": np.zeros(1, np.int64), "prefix_length": np.zeros(1, np.int64),
-            **{n: empty for n in cache_names(model.num_layers, "past")}}
+            "past_length": np.zeros(1, np.int64), "prefix_length": np.zeros(1, np.int64), **policy._empty_past}
 
 
 def main() -> None:
